@@ -1,0 +1,187 @@
+"""The ``rnnexp`` command: one subcommand per DVC stage, plus ``sample``.
+
+Each stage entry point is thin: parse arguments, load and validate params (before
+any work or MLflow run starts), call a pure function, write outputs atomically,
+log to MLflow through :mod:`rnnexp.tracking`. Errors the user can fix print one
+clear message and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rnnexp.config import Params, load_params
+from rnnexp.errors import RnnexpError
+
+
+def _cmd_fetch(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp import tracking
+    from rnnexp.data.sources import fetch, write_raw
+
+    d = params.data
+    with tracking.tracked_run(params, "fetch") as run:
+        raw = fetch(d.source, d.path, d.url, d.sha256, d.image_size, download_dir=args.downloads)
+        write_raw(raw, args.out)
+        run.log_metrics({"images": len(raw.images)})
+        run.set_tags({"rnnexp.data_shape": "x".join(map(str, raw.images.shape))})
+    print(f"fetch: {len(raw.images)} images {raw.images.shape[1:]} -> {args.out}")
+
+
+def _cmd_prepare(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp import tracking
+    from rnnexp.data.prepare import prepare, read_meta, write_prepared
+    from rnnexp.data.sources import read_raw
+
+    d = params.data
+    raw = read_raw(args.raw)
+    with tracking.tracked_run(params, "prepare") as run:
+        data = prepare(raw, d.levels, d.seed, d.val_fraction, d.test_fraction)
+        write_prepared(data, args.out)
+        meta = read_meta(args.out)
+        run.set_tags({"rnnexp.data_hash": meta["content_hash"]})
+        run.log_metrics({f"split/{k}": v for k, v in meta["splits"].items()})
+    print(f"prepare: splits {meta['splits']}, hash {meta['content_hash'][:12]} -> {args.out}")
+
+
+def _cmd_train(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp.train import run_training
+
+    result = run_training(params, args.prepared, args.out)
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+    print(f"train: {result.epochs} epochs, {figures}, run {result.run_id}")
+
+
+def _curve_csv(rows: list[dict[str, float]]) -> str:
+    columns = ["epoch", "train_nll", "train_bpd", "val_nll", "val_bpd"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp import tracking
+    from rnnexp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from rnnexp.checkpoint import load_checkpoint
+    from rnnexp.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.prepared, params.evaluate)
+    # The full curve lives in the last checkpoint; the best one stops at its epoch.
+    last = Path(args.checkpoint).with_name("last.ckpt")
+    curve = load_checkpoint(last).history if last.is_file() else result.curve
+    out = Path(args.out)
+    samples_png = tracking.image_bytes(result.samples)
+    atomic_write_bytes(out / "samples.png", samples_png)
+    atomic_write_text(out / "val_curve.csv", _curve_csv(curve))
+    atomic_write_json(out / "metrics.json", result.metrics)
+
+    flat = {f"{group}/{k}": v for group, values in result.metrics.items() for k, v in values.items()}
+    run = tracking.open_existing_run(params, result.run_id)
+    if run is not None:  # evaluation joins the model's run, as the compare view wants
+        run.log_metrics(flat)
+        run.log_image(result.samples, key="eval_samples")
+        run.log_artifact(out / "metrics.json", "evaluate")
+        run.set_tags({"rnnexp.evaluated": "true"})
+        where = f"model run {run.run_id}"
+    else:  # e.g. train restored from DVC's run-cache: no run of this model in this store
+        tags = {"rnnexp.model_run_id": result.run_id or "unknown"}
+        with tracking.tracked_run(params, "evaluate", tags=tags) as run:
+            run.log_metrics(flat)
+            run.log_image(result.samples, key="eval_samples")
+        where = f"new run {run.run_id} (model run not in this store)"
+    test, base = result.metrics["test"], result.metrics["baseline"]
+    print(
+        f"evaluate: test NLL {test['nll_nats']:.2f} nats/image ({test['bpd']:.4f} bits/dim), "
+        f"baseline {base['nll_nats']:.2f}; logged to {where}"
+    )
+
+
+def _cmd_sample(args: argparse.Namespace, params: Params) -> None:
+    import torch
+
+    from rnnexp.atomic import atomic_write_bytes
+    from rnnexp.checkpoint import load_checkpoint
+    from rnnexp.images import make_grid
+    from rnnexp.models.sampling import sample_naive
+    from rnnexp.tracking import image_bytes
+
+    if args.n < 1:
+        raise RnnexpError(f"--n must be at least 1, got {args.n}")
+    if args.temperature <= 0:
+        raise RnnexpError(f"--temperature must be positive, got {args.temperature}")
+    loaded = load_checkpoint(args.checkpoint)
+    _, h, w = loaded.image_shape
+    generator = torch.Generator().manual_seed(args.seed)
+    images = sample_naive(
+        loaded.generator, args.n, h, w, generator=generator, temperature=args.temperature
+    )
+    grid = make_grid(images.numpy(), loaded.generator.config.levels)
+    atomic_write_bytes(Path(args.out), image_bytes(grid))
+    print(f"sample: {args.n} images -> {args.out}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnexp", description="PixelRNN experiments: DVC stages tracked in MLflow."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, help_text: str, fn: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="params file (params.yaml)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override a param for this run (repeatable)",
+        )
+        p.set_defaults(fn=fn)
+        return p
+
+    p = stage("fetch", "write data/raw/ from data.source", _cmd_fetch)
+    p.add_argument("--out", default="data/raw")
+    p.add_argument("--downloads", default="data/downloads", help="download cache (idx URLs)")
+    p = stage("prepare", "quantize and split data/raw/ into data/prepared/", _cmd_prepare)
+    p.add_argument("--raw", default="data/raw")
+    p.add_argument("--out", default="data/prepared")
+    p = stage("train", "train the generator; checkpoints under models/", _cmd_train)
+    p.add_argument("--prepared", default="data/prepared")
+    p.add_argument("--out", default="models")
+    p = stage("evaluate", "score the best checkpoint; reports/", _cmd_evaluate)
+    p.add_argument("--checkpoint", default="models/best.ckpt")
+    p.add_argument("--prepared", default="data/prepared")
+    p.add_argument("--out", default="reports")
+    p = stage("sample", "write a PNG grid of samples from a checkpoint", _cmd_sample)
+    p.add_argument("--checkpoint", default="models/best.ckpt")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--out", default="samples.png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rnnexp`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        params = load_params(args.params, args.overrides)
+        args.fn(args, params)
+    except RnnexpError as exc:
+        print(f"rnnexp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rnnexp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

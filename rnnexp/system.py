@@ -1,0 +1,123 @@
+"""LightningModule: negative log-likelihood training of a generator.
+
+Figures are per image in nats and per dimension in bits:
+``bits/dim = nats / (C * H * W * ln 2)``. The module receives a ready generator; it
+builds no data. Each finished validation epoch appends a row to ``history``
+(train and val NLL), which travels inside every checkpoint under ``"rnnexp"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+
+class PixelRNNSystem(pl.LightningModule):
+    """Train a PixelRNN-style generator by maximum likelihood.
+
+    Args:
+        generator: an ``nn.Module`` with ``config`` (a ``GeneratorConfig``) and
+            ``nll(x) -> (B,)`` in nats per image.
+        image_shape: (C, H, W) of the images.
+        lr, weight_decay: AdamW settings.
+        data_info: facts about the training data stored in checkpoints (hash, levels).
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        image_shape: tuple[int, int, int],
+        lr: float,
+        weight_decay: float = 0.0,
+        data_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.image_shape = tuple(image_shape)
+        self.levels = generator.config.levels
+        self.lr, self.weight_decay = lr, weight_decay
+        self.data_info = dict(data_info or {})
+        self.run_id: str | None = None
+        self.history: list[dict[str, float]] = []
+        self._sums: dict[str, list[float]] = {}
+        # Everything needed to rebuild the generator from the checkpoint alone.
+        self.save_hyperparameters(
+            {
+                "generator": generator.config.to_dict(),
+                "image_shape": list(self.image_shape),
+                "lr": lr,
+                "weight_decay": weight_decay,
+            }
+        )
+
+    @property
+    def dims(self) -> int:
+        return math.prod(self.image_shape)
+
+    def bits_per_dim(self, nats_per_image: float | torch.Tensor) -> float | torch.Tensor:
+        return nats_per_image / (self.dims * math.log(2))
+
+    def _shared_step(self, batch: list[torch.Tensor], stage: str) -> torch.Tensor:
+        x = batch[0]  # (B, C, H, W) level indices
+        nll = self.generator.nll(x)  # (B,) nats per image
+        total = self._sums.setdefault(stage, [0.0, 0])
+        total[0] += float(nll.detach().sum())
+        total[1] += x.shape[0]
+        return nll.mean()
+
+    def _epoch_mean(self, stage: str) -> float | None:
+        total, count = self._sums.pop(stage, (0.0, 0))
+        return total / count if count else None
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.pop("train", None)
+
+    def on_validation_epoch_end(self) -> None:
+        # Validation runs after the epoch's last training batch, so both means are
+        # complete here, before ModelCheckpoint saves at the end of validation.
+        val = self._epoch_mean("val")
+        if val is None or self.trainer.sanity_checking:
+            return
+        train = self._epoch_mean("train")
+        row = {"epoch": self.current_epoch, "val_nll": val, "val_bpd": self.bits_per_dim(val)}
+        if train is not None:
+            row.update(train_nll=train, train_bpd=self.bits_per_dim(train))
+        self.history.append(row)
+        for key, value in row.items():
+            if key != "epoch":
+                stage, metric = key.split("_")
+                self.log(f"{stage}/{metric}", value, prog_bar=key == "val_bpd")
+
+    def on_test_epoch_end(self) -> None:
+        test = self._epoch_mean("test")
+        if test is not None:
+            self.log("test/nll", test)
+            self.log("test/bpd", self.bits_per_dim(test))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rnnexp"] = {
+            "history": list(self.history),
+            "run_id": self.run_id,
+            "data": self.data_info,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("rnnexp", {})
+        self.history = list(info.get("history", []))
+        self.run_id = info.get("run_id", self.run_id)

@@ -1,0 +1,276 @@
+"""The one module that talks to MLflow.
+
+Every stage execution is an MLflow run in experiment ``tracking.experiment`` (see
+DESIGN.md, "MLflow run model"). :func:`tracked_run` opens a run, tags it, and
+always closes it: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C or
+SIGTERM, never left RUNNING. Logging goes through :class:`MlflowClient` with an
+explicit run id (the fluent API is not thread-safe), so the same code serves
+workers and Lightning's logger interface (:class:`MlflowRunLogger`).
+
+The default store is ``sqlite:///<workspace root>/mlflow.db`` where the workspace
+root is resolved *out of* DVC's temporary experiment copies under
+``<repo>/.dvc/tmp/``, so queued experiments log to the main workspace's store.
+``MLFLOW_TRACKING_URI`` (or ``tracking.uri``) points it at a team's server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from rnnexp.config import Params
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def workspace_root(start: str | Path | None = None) -> Path:
+    """The project root that owns the stores, seen from ``start`` (default: cwd).
+
+    Inside a DVC experiment copy (``<repo>/.dvc/tmp/exps/...``) this is ``<repo>``,
+    so that queued experiments share the main workspace's MLflow store.
+    """
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 1):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp":
+            return Path(*parts[:i])
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def tracking_uri(params: Params | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``tracking.uri``, else the workspace's SQLite file."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if params is not None and params.tracking.uri:
+        return params.tracking.uri
+    return f"sqlite:///{workspace_root() / DEFAULT_DB}"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit and dirty flag, DVC experiment name, host and pid of this process."""
+    tags = {"rnnexp.host": socket.gethostname(), "rnnexp.pid": str(os.getpid())}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags["rnnexp.git_dirty"] = str(bool(status)).lower()
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["rnnexp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        # Artifacts beside the database, not relative to a (possibly temporary) cwd.
+        db = Path(uri.removeprefix("sqlite:///"))
+        location = (db.parent / ARTIFACTS_DIR).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created by a concurrent process in the meantime
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+@dataclass
+class RunHandle:
+    """An open MLflow run: the client, its id, and whether an interrupt arrived."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    interrupted: bool = field(default=False)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, "None" if v is None else str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow accepts 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=items)
+
+    def log_image(self, image: Any, key: str, step: int | None = None) -> None:
+        """A PIL image as an MLflow image series (``key``, ``step``) for the UI's slider."""
+        self.client.log_image(self.run_id, image, key=key, step=step or 0)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+
+@contextlib.contextmanager
+def _interrupts_raise(handle: RunHandle) -> Iterator[None]:
+    """SIGTERM (and SIGINT) raise KeyboardInterrupt and mark the run interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        handle.interrupted = True
+        raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _end_status(exc: BaseException | None, handle: RunHandle) -> str:
+    if exc is None:
+        return "FINISHED"
+    if isinstance(exc, KeyboardInterrupt) or handle.interrupted:
+        return "KILLED"  # Lightning turns KeyboardInterrupt into SystemExit(1)
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
+        return "FINISHED"
+    return "FAILED"
+
+
+def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
+    """A client on the configured store and the store's URI."""
+    uri = tracking_uri(params)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+@contextlib.contextmanager
+def tracked_run(
+    params: Params,
+    stage: str,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[RunHandle]:
+    """Open an MLflow run for one stage execution and always close it.
+
+    The run gets the flattened params, the source tags (:func:`source_tags`), the
+    stage tag and ``tags``. It ends FINISHED, FAILED (exception) or KILLED (Ctrl-C,
+    SIGTERM); the exception propagates.
+    """
+    client, uri = connect(params)
+    experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+    all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
+    run = client.create_run(
+        experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
+    )
+    handle = RunHandle(client, run.info.run_id, experiment_id)
+    error: BaseException | None = None
+    try:
+        with _interrupts_raise(handle):
+            handle.log_params(params.flat())
+            yield handle
+    except BaseException as exc:
+        error = exc
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            handle.set_tags({"rnnexp.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
+    finally:
+        client.set_terminated(handle.run_id, status=_end_status(error, handle))
+
+
+def open_existing_run(params: Params, run_id: str | None) -> RunHandle | None:
+    """A handle on an existing run of this store, or None if it is not here.
+
+    A stage restored from DVC's run-cache logs no run, and a checkpoint may come
+    from another store, so callers must cope with None.
+    """
+    if not run_id:
+        return None
+    client, _ = connect(params)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        return None
+    return RunHandle(client, run_id, run.info.experiment_id)
+
+
+def image_bytes(image: Any) -> bytes:
+    """PNG bytes of a PIL image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class MlflowRunLogger(Logger):
+    """Lightning logger writing into an open :class:`RunHandle`.
+
+    Epoch-level metrics are logged with the epoch as the MLflow step, so the UI's
+    curves are per epoch. Only rank 0 logs.
+    """
+
+    def __init__(self, run: RunHandle, experiment_name: str) -> None:
+        super().__init__()
+        self.run = run
+        self._experiment_name = experiment_name
+
+    @property
+    def name(self) -> str:
+        return self._experiment_name
+
+    @property
+    def version(self) -> str:
+        return self.run.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Params are logged by :func:`tracked_run` as flattened ``section.key``."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        step = int(epoch) if epoch is not None else step
+        if metrics:
+            self.run.log_metrics(metrics, step=step)
+
+    @rank_zero_only
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        self.run.log_image(image, key=key, step=step)

@@ -1,0 +1,118 @@
+"""Training: ``run_training(params) -> TrainResult``.
+
+The one training code path: the train stage calls it, and so will tuning (with a
+trial's overrides). It opens the model's MLflow run, trains with Lightning, writes
+``best.ckpt`` and ``last.ckpt`` and returns the best validation figures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from rnnexp import tracking
+from rnnexp.callbacks import NonFiniteLossGuard, SampleGrid
+from rnnexp.checkpoint import AtomicCheckpointIO
+from rnnexp.config import Params
+from rnnexp.data.datamodule import PreparedDataModule
+from rnnexp.models.generator import GeneratorConfig, PixelRNN
+from rnnexp.system import PixelRNNSystem
+
+BEST, LAST = "best", "last"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics: dict[str, float]
+    epochs: int
+
+
+def build_generator(params: Params, meta: dict) -> PixelRNN:
+    """The generator described by ``params.model`` for data described by ``meta``."""
+    m = params.model
+    config = GeneratorConfig(
+        arch=m.arch,
+        channels=meta["channels"],
+        levels=meta["levels"],
+        hidden=m.hidden,
+        layers=m.layers,
+        kernel=m.kernel,
+        input_kernel=m.input_kernel,
+        head_hidden=m.head_hidden,
+    )
+    return PixelRNN(config)
+
+
+def _progress_bar(setting: str) -> bool:
+    if setting != "auto":
+        return setting == "on"
+    return not os.environ.get("CI") and sys.stderr.isatty()
+
+
+def run_training(
+    params: Params, prepared_dir: str | Path = "data/prepared", out_dir: str | Path = "models"
+) -> TrainResult:
+    """Train the generator of ``params`` on the prepared data, tracked in MLflow.
+
+    Example:
+        >>> result = run_training(load_params("params.yaml"))  # doctest: +SKIP
+        >>> result.metrics["val/bpd"]  # doctest: +SKIP
+    """
+    t = params.train
+    out_dir = Path(out_dir)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    data = PreparedDataModule(prepared_dir, t.batch_size, t.num_workers, seed=t.seed)
+    meta = data.meta
+    data.setup()  # fail on unusable data before a run is opened
+    generator = build_generator(params, meta)
+    shape = (meta["channels"], meta["height"], meta["width"])
+    data_info = {"content_hash": meta["content_hash"], "levels": meta["levels"], "shape": shape}
+    system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
+
+    tags = {"rnnexp.data_hash": meta["content_hash"], "rnnexp.arch": params.model.arch}
+    with tracking.tracked_run(params, "train", tags=tags) as run:
+        system.run_id = run.run_id
+        checkpoints = ModelCheckpoint(
+            dirpath=out_dir,
+            filename=BEST,
+            monitor="val/bpd",
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        )
+        trainer = pl.Trainer(
+            max_epochs=t.max_epochs,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            precision=t.precision,
+            gradient_clip_val=t.grad_clip or None,
+            logger=tracking.MlflowRunLogger(run, params.tracking.experiment),
+            callbacks=[checkpoints, NonFiniteLossGuard(), SampleGrid(t.sample_every, t.sample_grid)],
+            plugins=[AtomicCheckpointIO()],
+            num_sanity_val_steps=0,
+            enable_progress_bar=_progress_bar(t.progress_bar),
+            enable_model_summary=_progress_bar(t.progress_bar),
+            deterministic=True,
+            default_root_dir=out_dir,
+        )
+        trainer.fit(system, datamodule=data)
+        best = min(system.history, key=lambda row: row["val_bpd"])
+        metrics = {
+            "best/val_nll": best["val_nll"],
+            "best/val_bpd": best["val_bpd"],
+            "best/epoch": best["epoch"],
+        }
+        run.log_metrics(metrics)
+        best_path, last_path = out_dir / f"{BEST}.ckpt", out_dir / f"{LAST}.ckpt"
+        if params.tracking.log_checkpoint:
+            run.log_artifact(best_path, "checkpoints")
+    return TrainResult(run.run_id, best_path, last_path, metrics, len(system.history))
