@@ -33,7 +33,7 @@ class SampleGrid(pl.Callback):
         if log_image is None:
             return
         c, h, w = module.image_shape
-        generator = torch.Generator(device=module.device).manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)  # same grid on any device
         images = sample_naive(
             module.generator, self.n, h, w, generator=generator, device=module.device
         )

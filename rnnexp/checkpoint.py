@@ -51,7 +51,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RnnexpError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+        raise RnnexpError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {first}"
+        ) from None
     if not isinstance(raw, dict) or "state_dict" not in raw or "hyper_parameters" not in raw:
         raise RnnexpError(f"{path}: not an rnnexp checkpoint (no state_dict/hyper_parameters)")
     hparams = raw["hyper_parameters"]

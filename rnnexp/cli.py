@@ -81,7 +81,9 @@ def _cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     atomic_write_text(out / "val_curve.csv", _curve_csv(curve))
     atomic_write_json(out / "metrics.json", result.metrics)
 
-    flat = {f"{group}/{k}": v for group, values in result.metrics.items() for k, v in values.items()}
+    flat = {
+        f"{group}/{k}": v for group, values in result.metrics.items() for k, v in values.items()
+    }
     run = tracking.open_existing_run(params, result.run_id)
     if run is not None:  # evaluation joins the model's run, as the compare view wants
         run.log_metrics(flat)

@@ -12,7 +12,7 @@ class RnnexpError(Exception):
 
 
 class ConfigError(RnnexpError):
-    """params.yaml (or an override) is malformed, has an unknown key, a wrong type or a bad value."""
+    """params.yaml (or an override) is malformed or has an unknown key, wrong type or bad value."""
 
 
 class DataError(RnnexpError):

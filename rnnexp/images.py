@@ -14,7 +14,9 @@ def to_uint8(images: np.ndarray, levels: int) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def make_grid(images: np.ndarray, levels: int, nrow: int | None = None, pad: int = 2) -> Image.Image:
+def make_grid(
+    images: np.ndarray, levels: int, nrow: int | None = None, pad: int = 2
+) -> Image.Image:
     """A grid picture of level-index images (N, C, H, W).
 
     Tiles are enlarged (nearest neighbour) to at least 32 pixels so that 8x8 digits
@@ -30,6 +32,8 @@ def make_grid(images: np.ndarray, levels: int, nrow: int | None = None, pad: int
     for k in range(n):
         r, q = divmod(k, nrow)
         tile = pixels[k].repeat(scale, axis=0).repeat(scale, axis=1)
-        canvas[pad + r * th : pad + r * th + h * scale, pad + q * tw : pad + q * tw + w * scale] = tile
+        canvas[pad + r * th : pad + r * th + h * scale, pad + q * tw : pad + q * tw + w * scale] = (
+            tile
+        )
     mode = "L" if c == 1 else "RGB"
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode=mode)

@@ -69,9 +69,7 @@ def tracking_uri(params: Params | None = None) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()

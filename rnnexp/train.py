@@ -96,7 +96,11 @@ def run_training(
             precision=t.precision,
             gradient_clip_val=t.grad_clip or None,
             logger=tracking.MlflowRunLogger(run, params.tracking.experiment),
-            callbacks=[checkpoints, NonFiniteLossGuard(), SampleGrid(t.sample_every, t.sample_grid)],
+            callbacks=[
+                checkpoints,
+                NonFiniteLossGuard(),
+                SampleGrid(t.sample_every, t.sample_grid),
+            ],
             plugins=[AtomicCheckpointIO()],
             num_sanity_val_steps=0,
             enable_progress_bar=_progress_bar(t.progress_bar),

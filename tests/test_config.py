@@ -94,7 +94,9 @@ def test_bad_override_syntax(text):
 
 def test_bad_override_value_names_override(tmp_path):
     path = write(tmp_path, "")
-    with pytest.raises(ConfigError, match=r"(?s)with --set train.batch_size=0.*train.batch_size: 0"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)with --set train.batch_size=0.*train.batch_size: 0"
+    ):
         load_params(path, ["train.batch_size=0"])
 
 

@@ -1,0 +1,99 @@
+"""Row LSTM layer (PixelRNN, van den Oord et al. 2016, section 3.1).
+
+The layer processes the image one row at a time, top to bottom. For row ``r``:
+
+- input-to-state: a masked ``1 x k`` convolution (mask B) of the row's features,
+  computed for the whole map at once since it does not depend on the recurrence;
+- state-to-state: an unmasked 1-d convolution of width ``k`` over the previous
+  row's hidden state (the previous row is entirely in the past, so it needs no
+  mask, also not across colour channel groups);
+- LSTM update: ``i, f, o`` sigmoid, ``g`` tanh, ``c = f * c + i * g``,
+  ``h = o * tanh(c)``, zero initial state.
+
+The hidden state is mapped back to the feature width by a 1x1 mask-B convolution
+and added to the input (residual connection, section 3.4).
+
+RGB (section 3.4): the hidden size ``h`` is split into ``C`` contiguous groups, one
+per colour channel, and each gate ``i, f, o, g`` uses the same split, so hidden
+channel group ``c`` at pixel ``(r, j)`` only sees the current pixel's input groups
+``<= c``. The LSTM update is element-wise, so it keeps the grouping.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rnnexp.models.masked import MaskedConv2d, contiguous_groups
+
+
+class RowLSTM(nn.Module):
+    """Row LSTM: ``(B, features, H, W) -> (B, features, H, W)``.
+
+    Args:
+        features: input/output channels ``F`` (divisible by ``channel_groups``).
+        hidden: LSTM hidden size ``h`` (divisible by ``channel_groups``).
+        kernel: width ``k`` (odd) of the input-to-state and state-to-state kernels.
+        channel_groups: number of image colour channels ``C``.
+    """
+
+    def __init__(self, features: int, hidden: int, kernel: int = 3, channel_groups: int = 1):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and positive, got {kernel}")
+        self.features = features
+        self.hidden = hidden
+        self.kernel = kernel
+        self.channel_groups = channel_groups
+        hidden_groups = contiguous_groups(hidden, channel_groups, "hidden")  # (h,)
+        gate_groups = hidden_groups.repeat(4)  # (4h,) layout [i|f|o|g]
+        self.i2s = MaskedConv2d(
+            features, 4 * hidden, (1, kernel), "B", channel_groups, out_groups=gate_groups
+        )
+        self.s2s = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2)
+        self.out = MaskedConv2d(hidden, features, 1, "B", channel_groups)
+
+    def input_to_state(self, x: Tensor) -> Tensor:
+        """Input-to-state gate contributions of every row: ``(B, F, H, W) -> (B, 4h, H, W)``."""
+        return self.i2s(x)
+
+    def initial_state(self, x_row: Tensor) -> tuple[Tensor, Tensor]:
+        """Zero ``(h, c)``, each ``(B, h, W)``, matching a ``(B, 4h, W)`` gate row."""
+        b, _, w = x_row.shape
+        zeros = x_row.new_zeros(b, self.hidden, w)
+        return zeros, zeros
+
+    def step(self, gates_in: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """One row of the recurrence.
+
+        Args:
+            gates_in: input-to-state contribution of this row, ``(B, 4h, W)``.
+            state: previous row's ``(h, c)``, each ``(B, h, W)``.
+
+        Returns:
+            This row's ``(h, c)``, each ``(B, h, W)``.
+        """
+        h_prev, c_prev = state
+        gates = gates_in + self.s2s(h_prev)  # (B, 4h, W)
+        i, f, o, g = gates.chunk(4, dim=1)  # each (B, h, W)
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    def output(self, x: Tensor, h: Tensor) -> Tensor:
+        """Residual output: ``x + out(h)``, ``(B, F, H, W)`` (works on one-row maps too)."""
+        return x + self.out(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gates_in = self.input_to_state(x)  # (B, 4h, H, W)
+        rows = gates_in.unbind(dim=2)  # H x (B, 4h, W); unbind, not x[:, :, r] (faster backward)
+        state = self.initial_state(rows[0])
+        hs = []
+        for row in rows:
+            state = self.step(row, state)
+            hs.append(state[0])
+        h = torch.stack(hs, dim=2)  # (B, h, H, W)
+        return self.output(x, h)
+
+
+__all__ = ["RowLSTM"]
