@@ -5,7 +5,7 @@ DESIGN.md, "MLflow run model"). :func:`tracked_run` opens a run, tags it, and
 always closes it: FINISHED on success, FAILED on an exception, KILLED on Ctrl-C or
 SIGTERM, never left RUNNING. Logging goes through :class:`MlflowClient` with an
 explicit run id (the fluent API is not thread-safe), so the same code serves
-workers and Lightning's logger interface (:class:`MlflowRunLogger`).
+workers and Lightning's logger (:class:`rnnexp.logger.MlflowRunLogger`).
 
 The default store is ``sqlite:///<workspace root>/mlflow.db`` where the workspace
 root is resolved *out of* DVC's temporary experiment copies under
@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -235,40 +233,3 @@ def image_bytes(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-class MlflowRunLogger(Logger):
-    """Lightning logger writing into an open :class:`RunHandle`.
-
-    Epoch-level metrics are logged with the epoch as the MLflow step, so the UI's
-    curves are per epoch. Only rank 0 logs.
-    """
-
-    def __init__(self, run: RunHandle, experiment_name: str) -> None:
-        super().__init__()
-        self.run = run
-        self._experiment_name = experiment_name
-
-    @property
-    def name(self) -> str:
-        return self._experiment_name
-
-    @property
-    def version(self) -> str:
-        return self.run.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Params are logged by :func:`tracked_run` as flattened ``section.key``."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        metrics = dict(metrics)
-        epoch = metrics.pop("epoch", None)
-        step = int(epoch) if epoch is not None else step
-        if metrics:
-            self.run.log_metrics(metrics, step=step)
-
-    @rank_zero_only
-    def log_image(self, image: Any, key: str, step: int) -> None:
-        self.run.log_image(image, key=key, step=step)

@@ -20,6 +20,7 @@ from rnnexp.callbacks import NonFiniteLossGuard, SampleGrid
 from rnnexp.checkpoint import AtomicCheckpointIO
 from rnnexp.config import Params
 from rnnexp.data.datamodule import PreparedDataModule
+from rnnexp.logger import MlflowRunLogger
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
 from rnnexp.system import PixelRNNSystem
 
@@ -95,7 +96,7 @@ def run_training(
             devices=t.devices,
             precision=t.precision,
             gradient_clip_val=t.grad_clip or None,
-            logger=tracking.MlflowRunLogger(run, params.tracking.experiment),
+            logger=MlflowRunLogger(run, params.tracking.experiment),
             callbacks=[
                 checkpoints,
                 NonFiniteLossGuard(),

@@ -1,0 +1,144 @@
+"""End to end: `dvc repro` in a fresh git repo, checked through outputs, DVC and MLflow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def run(cmd, cwd, env=None):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+def make_project(dest: Path, overrides: dict) -> Path:
+    """A fresh git repo holding this project's files, with params shrunk for speed."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file() and not name.startswith(("tests/", "benchmarks/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    repo = make_project(
+        tmp_path_factory.mktemp("project"),
+        {"train.max_epochs": 3, "train.sample_every": 1, "evaluate.n_samples": 16},
+    )
+    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_EXP_NAME", None)
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "init"], repo, env)
+    log = run(["dvc", "repro"], repo, env)
+    return repo, env, log
+
+
+def runs_by_stage(repo):
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rnnexp")
+    runs = client.search_runs([experiment.experiment_id])
+    by_stage = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags["rnnexp.stage"], []).append(r)
+    return client, by_stage
+
+
+def test_repro_writes_outputs_metrics_and_plots(project):
+    repo, env, log = project
+    for stage in ("fetch", "prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in log
+    assert (repo / "data/raw/dataset.npz").is_file()
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert meta["splits"] == {"train": 1437, "val": 180, "test": 180}
+    assert (repo / "models/best.ckpt").is_file() and (repo / "models/last.ckpt").is_file()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["test"]["nll_nats"] < metrics["baseline"]["nll_nats"]
+    assert metrics["baseline"]["nll_nats"] == pytest.approx(108, abs=3)
+    curve = (repo / "reports/val_curve.csv").read_text().splitlines()
+    assert curve[0].split(",")[:2] == ["epoch", "train_nll"] and len(curve) == 1 + 3
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
+    dvc_metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
+    assert dvc_metrics["test"]["bpd"] == pytest.approx(metrics["test"]["bpd"])
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo, env))
+    assert "reports/val_curve.csv" in json.dumps(plots)
+    # DVC outputs are git-ignored, the store sits at the repo root.
+    ignored = run(["git", "check-ignore", "data/raw", "models/best.ckpt", "mlflow.db"], repo, env)
+    assert len(ignored.split()) == 3
+
+
+def test_every_stage_is_a_finished_mlflow_run_with_tags(project):
+    repo, env, _ = project
+    client, by_stage = runs_by_stage(repo)
+    assert {stage: len(r) for stage, r in by_stage.items()} == {
+        "fetch": 1,
+        "prepare": 1,
+        "train": 1,
+    }  # evaluate joins the model's run
+    head = run(["git", "rev-parse", "HEAD"], repo, env).strip()
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    (train,) = by_stage["train"]
+    for runs in by_stage.values():
+        for r in runs:
+            assert r.info.status == "FINISHED"
+            assert r.data.tags["mlflow.source.git.commit"] == head
+    assert train.data.tags["rnnexp.data_hash"] == meta["content_hash"]
+    assert train.data.tags["rnnexp.evaluated"] == "true"
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert train.data.metrics["test/nll_nats"] == pytest.approx(metrics["test"]["nll_nats"])
+    assert train.data.params["train.max_epochs"] == "3"
+    steps = [m.step for m in client.get_metric_history(train.info.run_id, "val/bpd")]
+    assert steps == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert "checkpoints" in artifacts and "images" in artifacts
+
+
+def test_second_repro_is_a_no_op_and_evaluate_param_reruns_only_evaluate(project):
+    repo, env, _ = project
+    log = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in log
+    _, before = runs_by_stage(repo)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["n_samples"] = 9
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'evaluate'" in log
+    for stage in ("fetch", "prepare", "train"):
+        assert f"Running stage '{stage}'" not in log
+    _, after = runs_by_stage(repo)
+    assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in before.items()}
