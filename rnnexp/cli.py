@@ -40,7 +40,16 @@ def _cmd_prepare(args: argparse.Namespace, params: Params) -> None:
     d = params.data
     raw = read_raw(args.raw)
     with tracking.tracked_run(params, "prepare") as run:
-        data = prepare(raw, d.levels, d.seed, d.val_fraction, d.test_fraction)
+        data = prepare(
+            raw,
+            d.levels,
+            d.seed,
+            d.val_fraction,
+            d.test_fraction,
+            task=d.task,
+            occlusion=d.occlusion,
+            noise_level=d.noise_level,
+        )
         write_prepared(data, args.out)
         meta = read_meta(args.out)
         run.set_tags({"rnnexp.data_hash": meta["content_hash"]})

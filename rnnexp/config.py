@@ -54,8 +54,9 @@ def _param(default: Any, check: Check | None = None, doc: str = "") -> Any:
 
 
 DATA_SOURCES = ("digits", "idx", "image-folder")
-TASKS = ("unconditional",)
-ARCHS = ("row_lstm",)
+ARCHS = ("row_lstm", "diagonal_bilstm", "pixelcnn")
+TASKS = ("unconditional", "class", "completion", "denoise", "upscale")
+OCCLUSIONS = ("lower_half", "random_box")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
@@ -72,6 +73,8 @@ class DataParams:
     test_fraction: float = _param(0.1, _range(0.0, 0.9), "share of images for test")
     seed: int = _param(0, _range(0), "seed of the train/val/test split")
     task: str = _param("unconditional", _one_of(*TASKS), "what the generator is asked to do")
+    occlusion: str = _param("lower_half", _one_of(*OCCLUSIONS), "completion: hidden region")
+    noise_level: float = _param(0.2, _range(0.0, 1.0, open_low=True), "denoise: noise std")
 
 
 @dataclass(frozen=True)

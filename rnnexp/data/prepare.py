@@ -30,6 +30,7 @@ import numpy as np
 
 from rnnexp.atomic import atomic_dir, atomic_save_npz, atomic_write_json
 from rnnexp.data.sources import RawDataset
+from rnnexp.data.tasks import build_source
 from rnnexp.errors import DataError
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "quantize",
     "read_meta",
     "read_prepared",
+    "read_arrays",
     "read_split",
     "write_prepared",
 ]
@@ -97,6 +99,9 @@ class PreparedData:
         channels, height, width: Image shape.
         num_classes: Number of classes, or None for unlabelled data.
         class_names: Names of classes 0..num_classes-1, or None.
+        task: What the data is for (see :mod:`rnnexp.data.tasks`).
+        sources: split -> conditioning images uint8 (N, S, Hs, Ws), for the
+            image-to-image tasks; None otherwise.
     """
 
     splits: dict[str, tuple[np.ndarray, np.ndarray | None]]
@@ -106,6 +111,8 @@ class PreparedData:
     width: int
     num_classes: int | None
     class_names: list[str] | None
+    task: str = "unconditional"
+    sources: dict[str, np.ndarray] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -119,14 +126,23 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def prepare(
-    raw: RawDataset, levels: int, seed: int, val_fraction: float, test_fraction: float
+    raw: RawDataset,
+    levels: int,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    task: str = "unconditional",
+    occlusion: str = "lower_half",
+    noise_level: float = 0.2,
 ) -> PreparedData:
     """Quantize ``raw`` to ``levels`` levels and split it at random (reproducibly by ``seed``).
 
     A permutation from ``np.random.default_rng(seed)`` is cut into test (the
     first ``round(test_fraction * N)`` images), then val, then train (the rest).
     A split whose fraction is 0 is empty; any other split that would get no
-    image raises DataError.
+    image raises DataError. For image-to-image tasks each image's source is built
+    (see :func:`rnnexp.data.tasks.build_source`) from a generator seeded by
+    ``seed`` too, before the split, so an image's source does not depend on it.
 
     Example:
         >>> from rnnexp.data.sources import load_digits
@@ -162,8 +178,15 @@ def prepare(
                 f"dataset {raw.origin or raw.source} has labels outside 0..{num_classes - 1}"
             )
 
+    if task == "class" and raw.labels is None:
+        raise DataError(
+            f"data.task 'class' needs labels, but dataset {raw.origin or raw.source} has none "
+            "(image folders get labels from class subfolders)"
+        )
+
     q = quantize(raw.images, raw.max_value, levels)  # (N, H, W, C)
     q = np.ascontiguousarray(q.transpose(0, 3, 1, 2))  # (N, C, H, W)
+    source = build_source(task, q, levels, np.random.default_rng([seed, 1]), occlusion, noise_level)
     perm = np.random.default_rng(seed).permutation(n)
     index = {
         "test": perm[:n_test],
@@ -182,6 +205,8 @@ def prepare(
         width=int(w),
         num_classes=num_classes,
         class_names=list(raw.class_names) if raw.class_names is not None else None,
+        task=task,
+        sources=None if source is None else {s: source[index[s]] for s in SPLITS},
     )
 
 
@@ -199,10 +224,15 @@ def content_hash(data: PreparedData) -> str:
         "num_classes": data.num_classes,
         "class_names": data.class_names,
     }
+    if data.task != "unconditional":  # keeps the hash of unconditional data unchanged
+        header["task"] = data.task
     h.update(json.dumps(header, sort_keys=True).encode())
     for split in SPLITS:
         images, labels = data.splits[split]
-        for name, arr in (("images", images), ("labels", labels)):
+        pairs = [("images", images), ("labels", labels)]
+        if data.sources is not None:
+            pairs.append(("source", data.sources[split]))
+        for name, arr in pairs:
             if arr is None:
                 h.update(f"|{split}/{name}:none".encode())
                 continue
@@ -222,6 +252,8 @@ def _split_arrays(data: PreparedData, split: str) -> dict[str, np.ndarray]:
     arrays = {"images": images}
     if labels is not None:
         arrays["labels"] = labels.astype(np.int64, copy=False)
+    if data.sources is not None:
+        arrays["source"] = data.sources[split]
     return arrays
 
 
@@ -250,6 +282,8 @@ def write_prepared(data: PreparedData, out_dir: str | os.PathLike[str]) -> dict[
         "class_names": data.class_names,
         "has_labels": has_labels["train"],
         "splits": {s: int(data.splits[s][0].shape[0]) for s in SPLITS},
+        "task": data.task,
+        "source_shape": None if data.sources is None else list(data.sources["train"].shape[1:]),
         "content_hash": content_hash(data),
         "files": {},
     }
@@ -284,7 +318,15 @@ def read_meta(prepared_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def read_split(
     prepared_dir: str | os.PathLike[str], split: str, meta: dict[str, Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one split as (images uint8 (N, C, H, W), labels int64 (N,) or None).
+    """Read one split as (images uint8 (N, C, H, W), labels int64 (N,) or None)."""
+    arrays = read_arrays(prepared_dir, split, meta)
+    return arrays["images"], arrays.get("labels")
+
+
+def read_arrays(
+    prepared_dir: str | os.PathLike[str], split: str, meta: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Read one split's arrays: ``images``, and ``labels`` / ``source`` where present.
 
     The file's sha256 must match the one in ``meta.json``: a file modified,
     truncated or swapped since the prepare stage wrote it raises DataError.
@@ -308,8 +350,8 @@ def read_split(
         )
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            images = npz["images"]
-            labels = npz["labels"] if "labels" in npz.files else None
+            arrays = {name: npz[name] for name in npz.files}
+        images = arrays["images"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"prepared data file {path} is corrupt ({e}); {_rebuild_hint()}") from e
     expected_shape = (meta["splits"][split], *meta["shape"])
@@ -318,13 +360,15 @@ def read_split(
             f"prepared data file {path} holds images {images.dtype} {images.shape}, "
             f"{META_FILE} says uint8 {tuple(expected_shape)}; {_rebuild_hint()}"
         )
-    return images, labels
+    return arrays
 
 
 def read_prepared(prepared_dir: str | os.PathLike[str]) -> PreparedData:
     """Read a whole prepared-data folder (all splits, each hash-checked)."""
     meta = read_meta(prepared_dir)
-    splits = {s: read_split(prepared_dir, s, meta) for s in SPLITS}
+    arrays = {s: read_arrays(prepared_dir, s, meta) for s in SPLITS}
+    splits = {s: (a["images"], a.get("labels")) for s, a in arrays.items()}
+    has_source = all("source" in a for a in arrays.values())
     c, h, w = meta["shape"]
     return PreparedData(
         splits=splits,
@@ -334,4 +378,6 @@ def read_prepared(prepared_dir: str | os.PathLike[str]) -> PreparedData:
         width=int(w),
         num_classes=meta["num_classes"],
         class_names=meta["class_names"],
+        task=meta.get("task", "unconditional"),
+        sources={s: a["source"] for s, a in arrays.items()} if has_source else None,
     )
