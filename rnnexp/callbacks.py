@@ -41,13 +41,22 @@ class SampleGrid(pl.Callback):
 
 
 class NonFiniteLossGuard(pl.Callback):
-    """Stop training with a clear error when the loss turns NaN or infinite."""
+    """Stop training with a clear error when the loss turns NaN or infinite.
+
+    The step named is the global step of the batch whose loss was not finite (read
+    before the batch: by ``on_train_batch_end`` the optimizer has already stepped).
+    """
+
+    _step = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._step = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not math.isfinite(float(loss)):
             raise RnnexpError(
                 f"training loss became {float(loss)} at epoch {trainer.current_epoch}, "
-                f"step {trainer.global_step} (batch {batch_idx}); lower train.lr or "
+                f"step {self._step} (batch {batch_idx}); lower train.lr or "
                 "set train.grad_clip"
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         raise RnnexpError(
             f"{path}: refused to load: not a plain-weights checkpoint ({first})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # torch's legacy (non-zip) reader raises KeyError and others
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RnnexpError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {first}"
@@ -63,13 +62,14 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         prefix = "generator."
         state = {k[len(prefix) :]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
         generator.load_state_dict(state)
+        image_shape = tuple(hparams["image_shape"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise RnnexpError(f"{path}: checkpoint does not match the generator code: {exc}") from None
     generator.eval()
     info = raw.get("rnnexp", {})
     return LoadedCheckpoint(
         generator=generator,
-        image_shape=tuple(hparams["image_shape"]),
+        image_shape=image_shape,
         run_id=info.get("run_id"),
         history=list(info.get("history", [])),
         data=dict(info.get("data", {})),

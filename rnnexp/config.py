@@ -69,8 +69,8 @@ class DataParams:
     sha256: dict[str, str] = _param({}, doc="file name -> sha256 of downloaded IDX files")
     image_size: int | None = _param(None, _range(1, 1024), "resize image-folder images")
     levels: int = _param(17, _range(2, 256), "quantisation levels per channel")
-    val_fraction: float = _param(0.1, _range(0.0, 0.9), "share of images for validation")
-    test_fraction: float = _param(0.1, _range(0.0, 0.9), "share of images for test")
+    val_fraction: float = _param(0.1, _range(0.0, 0.9, open_low=True), "share for validation")
+    test_fraction: float = _param(0.1, _range(0.0, 0.9, open_low=True), "share for test")
     seed: int = _param(0, _range(0), "seed of the train/val/test split")
     task: str = _param("unconditional", _one_of(*TASKS), "what the generator is asked to do")
     occlusion: str = _param("lower_half", _one_of(*OCCLUSIONS), "completion: hidden region")
@@ -101,7 +101,7 @@ class TrainParams:
     num_workers: int = _param(0, _range(0, 256), "DataLoader worker processes")
     sample_every: int = _param(5, _range(0), "log a sample grid every N epochs (0 = never)")
     sample_grid: int = _param(16, _range(1, 1024), "images in each per-epoch sample grid")
-    progress_bar: str = _param("auto", _one_of("auto", "on", "off"), "auto: off under CI")
+    progress_bar: str = _param("auto", _one_of("auto", "always", "never"), "auto: not in CI")
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,11 @@ def evaluate_checkpoint(
         )
     test, _ = read_split(prepared_dir, "test")
     train, _ = read_split(prepared_dir, "train")
+    if len(test) == 0:
+        raise RnnexpError(
+            f"{Path(prepared_dir) / 'test.npz'}: the test split is empty; set "
+            "data.test_fraction above 0 and rerun the prepare stage"
+        )
     dims = math.prod(data_shape)
     nll = model_nll(loaded.generator, test, params.batch_size)
     baseline = independent_pixel_nll(train, test, meta["levels"])

@@ -99,7 +99,11 @@ class PixelRNNSystem(pl.LightningModule):
         for key, value in row.items():
             if key != "epoch":
                 stage, metric = key.split("_")
-                self.log(f"{stage}/{metric}", value, prog_bar=key == "val_bpd")
+                # A float64 tensor (batch_size=1: no reweighting), so the logged curve and
+                # ModelCheckpoint's choice equal ``history`` exactly; a Python float would
+                # be rounded to float32 by Lightning.
+                exact = torch.tensor(value, dtype=torch.float64)
+                self.log(f"{stage}/{metric}", exact, prog_bar=key == "val_bpd", batch_size=1)
 
     def on_test_epoch_end(self) -> None:
         test = self._epoch_mean("test")

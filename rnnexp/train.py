@@ -54,7 +54,7 @@ def build_generator(params: Params, meta: dict) -> PixelRNN:
 
 def _progress_bar(setting: str) -> bool:
     if setting != "auto":
-        return setting == "on"
+        return setting == "always"
     return not os.environ.get("CI") and sys.stderr.isatty()
 
 
@@ -104,6 +104,7 @@ def run_training(
             ],
             plugins=[AtomicCheckpointIO()],
             num_sanity_val_steps=0,
+            log_every_n_steps=1,  # metrics are logged per epoch; silences a warning
             enable_progress_bar=_progress_bar(t.progress_bar),
             enable_model_summary=_progress_bar(t.progress_bar),
             deterministic=True,

@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny prepared digits, tiny params, one MLflow SQLite store per session.
+
+Creating an MLflow SQLite store costs seconds, so the session shares one; each test
+module points ``MLFLOW_TRACKING_URI`` at it through the module-scoped ``store``
+fixture (and works in its own temporary directory), and tests that count runs
+compare the store before and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from rnnexp.config import load_params
+from rnnexp.data.prepare import prepare, write_prepared
+from rnnexp.data.sources import RawDataset, load_digits
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_YAML = REPO / "params.yaml"
+
+# The real params.yaml, shrunk: a 1-layer Row LSTM with h=4 trains an epoch on the
+# digits subsample below in well under a second.
+TINY = [
+    "model.hidden=4",
+    "model.layers=1",
+    "model.head_hidden=8",
+    "model.input_kernel=3",
+    "train.max_epochs=3",
+    "train.batch_size=32",
+    "train.lr=1.0e-2",
+    "train.sample_every=2",
+    "train.sample_grid=4",
+    "train.progress_bar=never",
+    "evaluate.n_samples=4",
+    "evaluate.batch_size=16",
+]
+N_IMAGES = 200  # digits subsample: 120 train, 40 val, 40 test
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    """``tiny_params("train.seed=1", ...)``: the real params.yaml with TINY and extra overrides."""
+
+    def make(*overrides: str):
+        return load_params(PARAMS_YAML, [*TINY, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def digits_subsample() -> RawDataset:
+    raw = load_digits()
+    return RawDataset(
+        raw.images[:N_IMAGES],
+        raw.labels[:N_IMAGES],
+        raw.max_value,
+        raw.class_names,
+        raw.source,
+        "digits[:200]",
+    )
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory, digits_subsample) -> Path:
+    """data/prepared of the digits subsample: 17 levels, 60/20/20 split."""
+    out = tmp_path_factory.mktemp("data") / "prepared"
+    write_prepared(prepare(digits_subsample, 17, 0, 0.2, 0.2), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """A SQLite store shared by the session (its tables are created once, here)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+@pytest.fixture(scope="module")
+def store(mlflow_uri, tmp_path_factory):
+    """MLFLOW_TRACKING_URI -> the session store and cwd -> a scratch dir, for one module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield MlflowClient(mlflow_uri)
+
+
+@pytest.fixture(scope="session")
+def all_runs():
+    """``all_runs(client)``: every run of every experiment in the client's store."""
+
+    def runs(client: MlflowClient) -> list:
+        ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        return client.search_runs(ids, run_view_type=ViewType.ALL) if ids else []
+
+    return runs
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, prepared_dir, mlflow_uri, tiny_params):
+    """One tiny training run (3 epochs) on the digits subsample: (TrainResult, Params)."""
+    from rnnexp.train import run_training
+
+    params = tiny_params()
+    out = tmp_path_factory.mktemp("trained") / "models"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+        mp.chdir(out.parent)
+        result = run_training(params, prepared_dir, out)
+    return result, params

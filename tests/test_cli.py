@@ -1,0 +1,276 @@
+"""The ``rnnexp`` command: fetch -> prepare -> train -> evaluate, sample, and failures.
+
+Stages run in a scratch working directory holding a copy of params.yaml, so no
+output lands in the repository; MLflow logs to the session's SQLite store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+
+from rnnexp.checkpoint import load_checkpoint
+from rnnexp.cli import main
+from rnnexp.images import make_grid
+from rnnexp.models.sampling import sample_naive
+
+TRAIN_SET = [
+    "model.hidden=4",
+    "model.layers=1",
+    "model.head_hidden=8",
+    "model.input_kernel=3",
+    "train.max_epochs=2",
+    "train.batch_size=128",
+    "train.sample_every=1",
+    "train.sample_grid=4",
+]
+EVAL_SET = ["evaluate.n_samples=6", "evaluate.seed=3"]
+ENDED = {"FINISHED", "FAILED", "KILLED"}
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def sets(overrides):
+    return [arg for text in overrides for arg in ("--set", text)]
+
+
+def run_cli(*argv):
+    """(exit status, stdout, stderr) of ``rnnexp argv...``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def new_runs(client, all_runs, before):
+    known = {r.info.run_id for r in before}
+    return [r for r in all_runs(client) if r.info.run_id not in known]
+
+
+@pytest.fixture(scope="module")
+def workdir(store, tmp_path_factory):
+    """A scratch cwd holding a copy of the repo's params.yaml (store: env + cwd set)."""
+    path = tmp_path_factory.mktemp("workspace")
+    shutil.copy(PARAMS_YAML, path / "params.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def pipeline(workdir, store):
+    """Run the four stages in order; each stage's (status, stdout, stderr)."""
+    results = {}
+    for stage, extra in [
+        ("fetch", []),
+        ("prepare", []),
+        ("train", sets(TRAIN_SET)),
+        ("evaluate", sets(EVAL_SET)),
+    ]:
+        results[stage] = run_cli(stage, *extra)
+        assert results[stage][0] == 0, (stage, results[stage])
+    return results
+
+
+@pytest.fixture(scope="module")
+def model_run_id(pipeline, workdir):
+    return load_checkpoint(workdir / "models" / "last.ckpt").run_id
+
+
+# --------------------------------------------------------------------------- bad params
+
+
+def bad_params_text(kind):
+    """params.yaml with one mistake: an unknown key, or ``lr: 1e-3`` (a YAML string)."""
+    params = yaml.safe_load(PARAMS_YAML.read_text())
+    if kind == "unknown key":
+        params["train"]["learning_rate"] = 0.1
+        return yaml.safe_dump(params, sort_keys=False), "train.learning_rate"
+    params["train"]["lr"] = "LR_PLACEHOLDER"
+    text = yaml.safe_dump(params, sort_keys=False).replace("LR_PLACEHOLDER", "1e-3")
+    assert "lr: 1e-3\n" in text
+    return text, "train.lr"
+
+
+@pytest.mark.parametrize("stage", ["fetch", "train"])
+@pytest.mark.parametrize("kind", ["unknown key", "string lr"])
+def test_bad_params_exit_2_naming_key_and_file_without_run_or_output(
+    store, all_runs, tmp_path, monkeypatch, stage, kind
+):
+    monkeypatch.chdir(tmp_path)
+    text, key = bad_params_text(kind)
+    (tmp_path / "bad.yaml").write_text(text)
+    before = all_runs(store)
+    code, out, err = run_cli(stage, "--params", "bad.yaml")
+    assert code == 2
+    assert key in err and "bad.yaml" in err
+    if kind == "string lr":
+        assert "1e-3" in err
+    assert new_runs(store, all_runs, before) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def test_stages_write_their_outputs(pipeline, workdir):
+    assert sorted(p.name for p in (workdir / "data" / "raw").iterdir()) == [
+        "dataset.npz",
+        "info.json",
+    ]
+    prepared = sorted(p.name for p in (workdir / "data" / "prepared").iterdir())
+    assert prepared == ["meta.json", "test.npz", "train.npz", "val.npz"]
+    assert sorted(p.name for p in (workdir / "models").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (workdir / "reports").iterdir()) == [
+        "metrics.json",
+        "samples.png",
+        "val_curve.csv",
+    ]
+    assert "fetch: 1797 images" in pipeline["fetch"][1]
+    assert "train: 2 epochs" in pipeline["train"][1]
+
+
+def test_metrics_json_is_nested_with_nll_and_bpd(pipeline, workdir):
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert {"test", "baseline"} <= set(metrics)
+    meta = json.loads((workdir / "data" / "prepared" / "meta.json").read_text())
+    assert metrics["test"]["images"] == meta["splits"]["test"]
+    for group in ("test", "baseline"):
+        nats, bpd = metrics[group]["nll_nats"], metrics[group]["bpd"]
+        assert 0 < nats < 64 * math.log(17)  # better than uniform over 17 levels
+        assert bpd == pytest.approx(nats / (64 * math.log(2)), rel=1e-12)
+
+
+def test_val_curve_has_one_row_per_epoch(pipeline, workdir):
+    with open(workdir / "reports" / "val_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = load_checkpoint(workdir / "models" / "last.ckpt").history
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for row, expected in zip(rows, history, strict=True):
+        for column in ("train_nll", "train_bpd", "val_nll", "val_bpd"):
+            assert float(row[column]) == expected[column]
+
+
+def test_samples_png_is_the_requested_grid(pipeline, workdir):
+    with Image.open(workdir / "reports" / "samples.png") as image:
+        image.load()
+        assert image.format == "PNG"
+        assert image.size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples: 3 columns, 2 rows
+
+
+def test_evaluate_logs_into_the_model_run(pipeline, workdir, store, model_run_id):
+    run = store.get_run(model_run_id)
+    assert run.data.tags["rnnexp.stage"] == "train"
+    assert run.info.status == "FINISHED"
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert run.data.metrics["test/nll_nats"] == metrics["test"]["nll_nats"]
+    assert run.data.metrics["baseline/bpd"] == metrics["baseline"]["bpd"]
+    assert run.data.tags["rnnexp.evaluated"] == "true"
+    assert f"model run {model_run_id}" in pipeline["evaluate"][1]
+    # and the train run has its curves per epoch
+    steps = [m.step for m in store.get_metric_history(model_run_id, "val/bpd")]
+    assert sorted(steps) == [0, 1]
+
+
+def test_evaluate_against_another_store_creates_a_tagged_run(
+    pipeline, workdir, model_run_id, tmp_path, monkeypatch
+):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, out, err = run_cli("evaluate", "--out", "reports_fresh", *sets(EVAL_SET))
+    assert code == 0, err
+    assert "model run not in this store" in out
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("rnnexp")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["rnnexp.model_run_id"] == model_run_id
+    assert run.data.tags["rnnexp.stage"] == "evaluate"
+    metrics = json.loads((workdir / "reports_fresh" / "metrics.json").read_text())
+    assert run.data.metrics["test/nll_nats"] == metrics["test"]["nll_nats"]
+    # the same checkpoint and seed give the same figures as the first evaluation
+    first = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert metrics == first
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def test_sample_writes_the_requested_count_deterministically(pipeline, workdir):
+    ckpt = str(workdir / "models" / "best.ckpt")
+    outputs = {}
+    for name, seed in [("a", "3"), ("b", "3"), ("c", "4")]:
+        code, out, err = run_cli(
+            "sample", "--checkpoint", ckpt, "--n", "5", "--seed", seed, "--out", f"{name}.png"
+        )
+        assert code == 0, err
+        with Image.open(workdir / f"{name}.png") as image:
+            assert image.format == "PNG"
+            outputs[name] = np.asarray(image)
+    assert outputs["a"].shape == (2 * 34 + 2, 3 * 34 + 2)  # 5 images: 3 columns, 2 rows
+    assert np.array_equal(outputs["a"], outputs["b"])
+    assert not np.array_equal(outputs["a"], outputs["c"])
+    # it is the generator's draw for that seed, not just any grid of 5
+    loaded = load_checkpoint(ckpt)
+    images = sample_naive(loaded.generator, 5, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(outputs["a"], np.asarray(make_grid(images.numpy(), 17)))
+
+
+def test_sample_rejects_bad_count(workdir):
+    code, _, err = run_cli("sample", "--n", "0", "--out", "zero.png")
+    assert code == 2 and "--n" in err
+    assert not (workdir / "zero.png").exists()
+
+
+# --------------------------------------------------------------------------- failing stages
+
+
+def test_prepare_on_missing_raw_dir_fails_cleanly(workdir, store, all_runs):
+    before = all_runs(store)
+    code, _, err = run_cli("prepare", "--raw", "no_such_raw", "--out", "prepared_x")
+    assert code == 2
+    assert "no_such_raw" in err and "Traceback" not in err
+    assert not (workdir / "prepared_x").exists()
+    assert not list(workdir.glob(".prepared_x*"))
+    assert new_runs(store, all_runs, before) == []
+
+
+def test_fetch_of_empty_image_folder_fails_cleanly(workdir, store, all_runs, tmp_path):
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    before = all_runs(store)
+    code, _, err = run_cli(
+        "fetch",
+        "--set",
+        "data.source=image-folder",
+        "--set",
+        f"data.path={empty}",
+        "--out",
+        "raw_x",
+    )
+    assert code == 2
+    assert str(empty) in err and "Traceback" not in err
+    assert not (workdir / "raw_x").exists()
+    assert not list(workdir.glob(".raw_x*"))
+    (run,) = new_runs(store, all_runs, before)
+    assert run.info.status == "FAILED"
+    assert str(empty) in run.data.tags["rnnexp.error"]
+
+
+def test_no_run_is_left_running(pipeline, store, all_runs):
+    runs = all_runs(store)
+    assert runs  # the pipeline's runs at least
+    stages = {r.data.tags.get("rnnexp.stage") for r in runs}
+    assert {"fetch", "prepare", "train"} <= stages
+    assert {r.info.status for r in runs} <= ENDED

@@ -1,0 +1,209 @@
+"""Evaluation figures, evaluate_checkpoint on a trained checkpoint, and safe loading."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rnnexp.checkpoint import load_checkpoint
+from rnnexp.data.prepare import prepare, read_meta, read_split, write_prepared
+from rnnexp.errors import RnnexpError
+from rnnexp.evaluate import bits_per_dim, evaluate_checkpoint, independent_pixel_nll, model_nll
+from rnnexp.models.generator import GeneratorConfig, PixelRNN
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_independent_pixel_nll_hand_computed():
+    # 3 training images of 1x1x2 pixels, 3 levels. With add-one smoothing:
+    #   pixel 0 saw 0, 0, 1 -> counts (1+2, 1+1, 1+0) = (3, 2, 1) / 6
+    #   pixel 1 saw 1, 2, 1 -> counts (1+0, 1+2, 1+1) = (1, 3, 2) / 6
+    train = np.array([[0, 1], [0, 2], [1, 1]], np.uint8).reshape(3, 1, 1, 2)
+    test = np.array([[0, 0], [1, 2]], np.uint8).reshape(2, 1, 1, 2)
+    # image (0, 0): -log(3/6) - log(1/6) = log 12;  image (1, 2): -log(2/6) - log(2/6) = log 9
+    expected = (math.log(12) + math.log(9)) / 2
+    assert independent_pixel_nll(train, test, levels=3) == pytest.approx(expected, rel=1e-12)
+
+
+def test_independent_pixel_nll_keeps_unseen_levels_finite_and_uses_levels():
+    train = np.zeros((4, 1, 1, 1), np.uint8)
+    test = np.full((1, 1, 1, 1), 4, np.uint8)  # never seen in training
+    # counts (1+4, 1, 1, 1, 1) / 9 over 5 levels -> -log(1/9)
+    assert independent_pixel_nll(train, test, levels=5) == pytest.approx(math.log(9))
+    # and over 10 levels the smoothing mass grows: (1+4, 1 x 9) / 14
+    assert independent_pixel_nll(train, test, levels=10) == pytest.approx(math.log(14))
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(3 * 64 * math.log(2), 64) == pytest.approx(3.0, rel=1e-12)
+    assert bits_per_dim(10.0, 5) == pytest.approx(10.0 / (5 * math.log(2)), rel=1e-12)
+
+
+def test_model_nll_is_mean_of_generator_nll_over_batches():
+    torch.manual_seed(0)
+    generator = PixelRNN(GeneratorConfig(levels=5, hidden=4, layers=1, head_hidden=8))
+    images = np.random.default_rng(0).integers(0, 5, size=(7, 1, 5, 5)).astype(np.uint8)
+    with torch.no_grad():
+        per_image = generator.nll(torch.from_numpy(images.astype(np.int64)))
+    assert per_image.shape == (7,)
+    expected = float(per_image.mean())
+    # a batch size that does not divide 7, one that does, and one larger than the data
+    for batch_size in (3, 7, 100):
+        assert model_nll(generator, images, batch_size) == pytest.approx(expected, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- evaluate_checkpoint
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained, prepared_dir):
+    result, params = trained
+    return evaluate_checkpoint(result.best_checkpoint, prepared_dir, params.evaluate)
+
+
+def test_evaluate_checkpoint_metrics(trained, prepared_dir, evaluation):
+    result, params = trained
+    metrics = evaluation.metrics
+    assert set(metrics) == {"test", "baseline", "train"}
+    test, _ = read_split(prepared_dir, "test")
+    train, _ = read_split(prepared_dir, "train")
+    dims = 64
+    loaded = load_checkpoint(result.best_checkpoint)
+    with torch.no_grad():
+        nll = float(loaded.generator.nll(torch.from_numpy(test.astype(np.int64))).mean())
+    assert metrics["test"]["images"] == len(test) == read_meta(prepared_dir)["splits"]["test"]
+    assert metrics["test"]["nll_nats"] == pytest.approx(nll, rel=1e-6)
+    assert metrics["test"]["bpd"] == pytest.approx(nll / (dims * math.log(2)), rel=1e-6)
+    baseline = independent_pixel_nll(train, test, 17)
+    assert metrics["baseline"]["nll_nats"] == pytest.approx(baseline, rel=1e-12)
+    assert metrics["baseline"]["bpd"] == pytest.approx(baseline / (dims * math.log(2)))
+    # both beat a uniform guess over 17 levels
+    uniform = dims * math.log(17)
+    assert metrics["test"]["nll_nats"] < uniform and metrics["baseline"]["nll_nats"] < uniform
+    # the evaluated checkpoint is the best one: its epoch and its history
+    best_epoch = result.metrics["best/epoch"]
+    assert metrics["train"] == {"epochs": best_epoch + 1, "checkpoint_epoch": best_epoch}
+    assert evaluation.curve == loaded.history
+    assert evaluation.run_id == result.run_id
+
+
+def test_evaluate_checkpoint_sample_grid(evaluation, trained):
+    _, params = trained
+    assert params.evaluate.n_samples == 4
+    assert evaluation.samples.size == (2 * 34 + 2, 2 * 34 + 2)  # 2x2 tiles of 32 px, pad 2
+    assert evaluation.samples.mode == "L"
+
+
+def test_checkpoint_for_other_levels_is_refused(trained, digits_subsample, tmp_path):
+    result, params = trained
+    other = tmp_path / "prepared5"
+    write_prepared(prepare(digits_subsample, 5, 0, 0.2, 0.2), other)
+    with pytest.raises(RnnexpError) as info:
+        evaluate_checkpoint(result.best_checkpoint, other, params.evaluate)
+    message = str(info.value)
+    assert "17 levels" in message and "5 levels" in message
+    assert str(result.best_checkpoint) in message and str(other) in message
+
+
+def test_empty_test_split_is_refused(trained, digits_subsample, tmp_path):
+    result, params = trained
+    no_test = tmp_path / "prepared"
+    write_prepared(prepare(digits_subsample, 17, 0, 0.2, 0.0), no_test)
+    with pytest.raises(RnnexpError, match="test split is empty") as info:
+        evaluate_checkpoint(result.best_checkpoint, no_test, params.evaluate)
+    assert str(no_test / "test.npz") in str(info.value)
+
+
+# --------------------------------------------------------------------------- load_checkpoint
+
+
+def test_load_checkpoint_rebuilds_the_trained_generator(trained):
+    result, _ = trained
+    loaded = load_checkpoint(result.last_checkpoint)
+    raw = torch.load(result.last_checkpoint, weights_only=True)
+    assert loaded.generator.config == GeneratorConfig(
+        channels=1, levels=17, hidden=4, layers=1, kernel=3, input_kernel=3, head_hidden=8
+    )
+    assert not loaded.generator.training
+    for name, tensor in loaded.generator.state_dict().items():
+        assert torch.equal(tensor, raw["state_dict"][f"generator.{name}"])
+
+
+def test_missing_checkpoint(tmp_path):
+    path = tmp_path / "nope.ckpt"
+    with pytest.raises(RnnexpError, match="not found") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am not a checkpoint\n", b"epoch: 3\n"])
+def test_text_file_is_refused(tmp_path, content):
+    path = tmp_path / "notes.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(RnnexpError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.5, 0.9, 0.999])
+def test_truncated_checkpoint_is_refused(trained, tmp_path, keep):
+    result, _ = trained
+    blob = result.best_checkpoint.read_bytes()
+    path = tmp_path / "cut.ckpt"
+    path.write_bytes(blob[: int(len(blob) * keep)])
+    with pytest.raises(RnnexpError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command (if the loader allowed it)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("wrap", ["checkpoint", "bare"])
+def test_pickle_that_runs_code_is_refused_and_not_run(tmp_path, wrap):
+    marker = tmp_path / "PWNED"
+    payload = _RunsCode(marker)
+    if wrap == "checkpoint":  # looks like ours: state_dict and hyper_parameters
+        payload = {"state_dict": {}, "hyper_parameters": payload}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(RnnexpError, match="refused") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+    assert shutil.which("touch")  # the payload would have worked had it run
+
+
+def test_foreign_and_mismatched_checkpoints_are_refused(trained, tmp_path):
+    result, _ = trained
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(RnnexpError, match="not an rnnexp checkpoint"):
+        load_checkpoint(foreign)
+    raw = torch.load(result.best_checkpoint, weights_only=True)
+    raw["hyper_parameters"]["generator"]["hidden"] = 8  # weights are for hidden=4
+    mismatched = tmp_path / "mismatched.ckpt"
+    torch.save(raw, mismatched)
+    with pytest.raises(RnnexpError, match="does not match the generator") as info:
+        load_checkpoint(mismatched)
+    assert str(mismatched) in str(info.value)
+    del raw["hyper_parameters"]["image_shape"]
+    raw["hyper_parameters"]["generator"]["hidden"] = 4
+    torch.save(raw, mismatched)
+    with pytest.raises(RnnexpError, match="does not match the generator"):
+        load_checkpoint(mismatched)
