@@ -61,9 +61,18 @@ class PixelRNNSystem(pl.LightningModule):
     def bits_per_dim(self, nats_per_image: float | torch.Tensor) -> float | torch.Tensor:
         return nats_per_image / (self.dims * math.log(2))
 
-    def _shared_step(self, batch: list[torch.Tensor], stage: str) -> torch.Tensor:
-        x = batch[0]  # (B, C, H, W) level indices
-        nll = self.generator.nll(x)  # (B,) nats per image
+    def conditioning(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The conditioning inputs the generator was built for, taken from a batch."""
+        config, cond = self.generator.config, {}
+        if config.num_classes:
+            cond["labels"] = batch["label"]
+        if config.source_channels:
+            cond["source"] = batch["source"]
+        return cond
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        x = batch["image"]  # (B, C, H, W) level indices
+        nll = self.generator.nll(x, **self.conditioning(batch))  # (B,) nats per image
         total = self._sums.setdefault(stage, [0.0, 0])
         total[0] += float(nll.detach().sum())
         total[1] += x.shape[0]
@@ -73,13 +82,13 @@ class PixelRNNSystem(pl.LightningModule):
         total, count = self._sums.pop(stage, (0.0, 0))
         return total / count if count else None
 
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
     def on_train_epoch_start(self) -> None:

@@ -126,25 +126,45 @@ def test_masked_conv_rejects_bad_arguments(kwargs):
 # --------------------------------------------------------------------------- causality
 
 
-def dependence(model: PixelRNN, h: int, w: int) -> torch.Tensor:
-    """Bool (C*H*W, C*H*W) in raster order (row, column, channel): out depends on in."""
-    c = model.config.channels
+def dependence(
+    model: PixelRNN, h: int, w: int, n: int = 8, source_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Bool (C*H*W, C*H*W) in raster order (row, column, channel): out depends on in.
+
+    Conditional models get ``n`` fixed labels and/or a random source image
+    (``source_size``, default ``(h, w)``); the dependence is on the image ``x`` only.
+    """
+    cfg = model.config
+    c = cfg.channels
     torch.manual_seed(1)
     # Several random inputs: a ReLU can zero a real dependence at one input point.
     # Images in a batch are independent, so d(sum_b logits_b)/d x_b = d logits_b/d x_b.
-    xs = torch.rand(8, c, h, w, dtype=torch.float64) * 2 - 1
-    jac = torch.autograd.functional.jacobian(
-        lambda v: model.forward_scaled(v).sum(0), xs, vectorize=True
-    )  # (L, C, H, W, B, C, H, W)
-    dep = jac.ne(0).any(dim=0).any(dim=3)  # (C, H, W, C, H, W)
+    xs = torch.rand(n, c, h, w, dtype=torch.float64) * 2 - 1
+    cond: dict[str, torch.Tensor] = {}
+    if cfg.num_classes:
+        cond["labels"] = torch.arange(n) % cfg.num_classes
+    if cfg.source_channels:
+        size = source_size or (h, w)
+        cond["source"] = torch.rand(n, cfg.source_channels, *size, dtype=torch.float64) * 2 - 1
+    # A random positive mix of the L levels' logits has an exactly zero gradient
+    # where every level's has (and almost surely only there): L times fewer rows.
+    mix = torch.rand(cfg.levels, dtype=torch.float64) + 0.5
+
+    def mixed(v: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("blchw,l->chw", model.forward_scaled(v, **cond), mix)
+
+    jac = torch.autograd.functional.jacobian(mixed, xs, vectorize=True)  # (C, H, W, B, C, H, W)
+    dep = jac.ne(0).any(dim=3)  # (C, H, W, C, H, W)
     dep = dep.permute(1, 2, 0, 4, 5, 3)  # (H, W, C, H, W, C): raster order
     return dep.reshape(h * w * c, h * w * c)
 
 
-def without_dead_units(model: PixelRNN) -> None:
-    for k, module in enumerate(model.head):
-        if isinstance(module, torch.nn.ReLU):
-            model.head[k] = torch.nn.LeakyReLU(0.1)
+def without_dead_units(model: torch.nn.Module) -> None:
+    """Replace every ReLU module by a leaky ReLU (same wiring, no dead units)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(parent, name, torch.nn.LeakyReLU(0.1))
 
 
 def raster(i: int, j: int, ch: int, w: int, c: int) -> int:

@@ -1,4 +1,9 @@
-"""LightningDataModule over ``data/prepared/``."""
+"""LightningDataModule over ``data/prepared/``.
+
+Batches are dicts: ``image`` int64 level indices (B, C, H, W); ``label`` int64 (B,)
+when the data is labelled; ``source`` float32 (B, S, Hs, Ws) in [-1, 1] for the
+image-to-image tasks (see :mod:`rnnexp.data.tasks`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,31 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from rnnexp.data.prepare import read_meta, read_split
+from rnnexp.data.prepare import read_arrays, read_meta
+from rnnexp.data.tasks import source_to_float
 from rnnexp.errors import DataError
 
 
-def split_dataset(prepared_dir: str | Path, split: str) -> TensorDataset:
-    """Images as int64 level indices (N, C, H, W), with labels when the data has them."""
-    images, labels = read_split(prepared_dir, split)
-    tensors = [torch.from_numpy(images.astype("int64"))]
-    if labels is not None:
-        tensors.append(torch.from_numpy(labels.astype("int64")))
-    return TensorDataset(*tensors)
+class SplitDataset(Dataset):
+    """One prepared split as tensors; item ``k`` is a dict like a batch, for one image."""
+
+    def __init__(self, prepared_dir: str | Path, split: str) -> None:
+        meta = read_meta(prepared_dir)
+        arrays = read_arrays(prepared_dir, split, meta)
+        self.tensors = {"image": torch.from_numpy(arrays["images"].astype("int64"))}
+        if "labels" in arrays:
+            self.tensors["label"] = torch.from_numpy(arrays["labels"].astype("int64"))
+        if "source" in arrays:
+            source = source_to_float(arrays["source"], meta["levels"])
+            self.tensors["source"] = torch.from_numpy(source)
+
+    def __len__(self) -> int:
+        return len(self.tensors["image"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: t[index] for key, t in self.tensors.items()}
 
 
 class PreparedDataModule(pl.LightningDataModule):
@@ -31,12 +48,12 @@ class PreparedDataModule(pl.LightningDataModule):
         self.prepared_dir = Path(prepared_dir)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.meta = read_meta(self.prepared_dir)
-        self.datasets: dict[str, TensorDataset] = {}
+        self.datasets: dict[str, SplitDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         for split in ("train", "val", "test"):
             if split not in self.datasets:
-                self.datasets[split] = split_dataset(self.prepared_dir, split)
+                self.datasets[split] = SplitDataset(self.prepared_dir, split)
         n_train = len(self.datasets["train"])
         if n_train < self.batch_size:
             raise DataError(

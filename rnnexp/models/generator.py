@@ -1,32 +1,43 @@
-"""PixelRNN generator (van den Oord et al. 2016): input conv -> recurrent layers -> head.
+"""PixelRNN generator (van den Oord et al. 2016): input conv -> layers -> head.
 
 Shapes (``C`` image channels, ``L`` levels, ``h`` hidden, ``F = 2h`` features)::
 
     x          (B, C, H, W)     integer levels in [0, L-1]
     scaled     (B, C, H, W)     float in [-1, 1]
     input conv (B, F, H, W)     7x7 mask A (section 3.4)
-    layers     (B, F, H, W)     Row LSTM layers with residual connections
+    layers     (B, F, H, W)     Row LSTM (3.1), Diagonal BiLSTM (3.2) or PixelCNN (3.3)
+                                layers, each with a residual connection (3.4)
     head       (B, C*L, H, W)   ReLU -> 1x1 mask B -> ReLU -> 1x1 mask B
     logits     (B, L, C, H, W)  per-pixel, per-channel softmax over levels (section 2.2)
 
 Every convolution is masked with ``C`` channel groups, so the logits of channel
 ``c`` at pixel ``(i, j)`` depend only on pixels before ``(i, j)`` in raster order
 and on channels ``< c`` of pixel ``(i, j)``.
+
+Conditioning (Conditional PixelCNN, van den Oord et al. 2016b, section 2.3): with
+``num_classes > 0`` and/or ``source_channels > 0`` each layer gets a bias on its
+gate pre-activations from the class label and/or the source image, see
+:mod:`rnnexp.models.conditioning`. The conditioning inputs are seen everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnexp.models.conditioning import Conditioning, check_conditioning
+from rnnexp.models.diagonal import DiagonalBiLSTM
 from rnnexp.models.masked import MaskedConv2d
+from rnnexp.models.pixelcnn import PixelCNNBlock
 from rnnexp.models.row_lstm import RowLSTM
 
-ARCHS = ("row_lstm",)
+ARCHS = ("row_lstm", "diagonal_bilstm", "pixelcnn")
 
 
 @dataclass
@@ -37,11 +48,19 @@ class GeneratorConfig:
         arch: layer type, one of :data:`ARCHS`.
         channels: image channels ``C`` (1 grey, 3 RGB).
         levels: softmax size per channel (256 for 8-bit images).
-        hidden: recurrent hidden size ``h`` (divisible by ``channels``); features are ``2h``.
-        layers: number of recurrent layers.
-        kernel: width ``k`` (odd) of the layers' ``1 x k`` convolutions.
+        hidden: layer hidden size ``h`` (divisible by ``channels``); features are ``2h``.
+        layers: number of layers (recurrent layers or PixelCNN blocks).
+        kernel: size ``k`` (odd) of the Row LSTM's ``1 x k`` convolutions and of the
+            PixelCNN blocks' ``k x k`` convolutions; the Diagonal BiLSTM's kernels are
+            fixed by the paper (1x1 input-to-state, 2x1 state-to-state).
         input_kernel: size (odd) of the first, mask-A, convolution.
         head_hidden: hidden width of the output head (divisible by ``channels``).
+        num_classes: classes of a class-conditional model (0: not class-conditional).
+        source_channels: channels of the source image of an image-to-image model
+            (0: no source image).
+
+    Config dicts written before ``num_classes``/``source_channels`` existed load
+    as unconditional models; unknown keys are rejected.
 
     Example:
         >>> cfg = GeneratorConfig.from_dict({"hidden": 16, "levels": 17})
@@ -57,6 +76,8 @@ class GeneratorConfig:
     kernel: int = 3
     input_kernel: int = 7
     head_hidden: int = 64
+    num_classes: int = 0
+    source_channels: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or self.arch not in ARCHS:
@@ -65,7 +86,15 @@ class GeneratorConfig:
             value = getattr(self, f.name)
             if f.name != "arch" and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"generator {f.name} must be an integer, got {value!r}")
-        minimum = {"channels": 1, "levels": 2, "hidden": 1, "layers": 1, "head_hidden": 1}
+        minimum = {
+            "channels": 1,
+            "levels": 2,
+            "hidden": 1,
+            "layers": 1,
+            "head_hidden": 1,
+            "num_classes": 0,
+            "source_channels": 0,
+        }
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise ValueError(f"generator {name} must be >= {low}, got {getattr(self, name)}")
@@ -79,6 +108,11 @@ class GeneratorConfig:
                     f"generator {name}={getattr(self, name)} must be divisible by "
                     f"channels={self.channels} (one channel group per colour)"
                 )
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes labels and/or a source image."""
+        return self.num_classes > 0 or self.source_channels > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,21 +129,37 @@ class GeneratorConfig:
 
 
 def _make_layer(config: GeneratorConfig, features: int) -> nn.Module:
-    """One recurrent layer ``(B, F, H, W) -> (B, F, H, W)``; add a branch per new arch."""
+    """One layer ``(B, F, H, W) -> (B, F, H, W)`` with ``forward(x, cond)`` and ``cond_width``."""
+    c = config.channels
     if config.arch == "row_lstm":
-        return RowLSTM(features, config.hidden, config.kernel, config.channels)
+        return RowLSTM(features, config.hidden, config.kernel, c)
+    if config.arch == "diagonal_bilstm":
+        return DiagonalBiLSTM(features, config.hidden, c)
+    if config.arch == "pixelcnn":
+        return PixelCNNBlock(features, config.hidden, config.kernel, c)
     raise ValueError(f"generator arch must be one of {ARCHS}, got {config.arch!r}")
 
 
 class PixelRNN(nn.Module):
-    """Autoregressive image model over discrete levels.
+    """Autoregressive image model over discrete levels, optionally conditional.
 
     ``forward(x)`` maps integer images ``(B, C, H, W)`` to logits ``(B, L, C, H, W)``,
     so ``F.cross_entropy(model(x), x)`` is the mean NLL per sub-pixel in nats.
+    Conditional models (``config.num_classes`` / ``config.source_channels``) also
+    take ``labels`` ``(B,)`` and/or ``source`` ``(B, S, Hs, Ws)`` in ``[-1, 1]``.
+
+    Parts a step-wise (cached) sampler can reuse: ``input_conv``, ``layers`` (see
+    the layer classes for their per-row / per-diagonal methods), ``head``,
+    :meth:`cond_biases` (one bias per layer, computed once per batch) and
+    :meth:`logits_from_head` (head output -> logits).
 
     Example:
         >>> model = PixelRNN(GeneratorConfig(levels=4, hidden=8, head_hidden=8))
         >>> model(torch.zeros(2, 1, 5, 5, dtype=torch.long)).shape
+        torch.Size([2, 4, 1, 5, 5])
+        >>> cfg = GeneratorConfig(arch="pixelcnn", levels=4, hidden=8, num_classes=10)
+        >>> x = torch.zeros(2, 1, 5, 5, dtype=torch.long)
+        >>> PixelRNN(cfg)(x, labels=torch.tensor([1, 7])).shape
         torch.Size([2, 4, 1, 5, 5])
     """
 
@@ -127,27 +177,76 @@ class PixelRNN(nn.Module):
             nn.ReLU(),
             MaskedConv2d(config.head_hidden, c * config.levels, 1, "B", c),
         )
+        self.conditioning: Conditioning | None = None
+        if config.conditional:
+            self.conditioning = Conditioning(
+                config.num_classes,
+                config.source_channels,
+                [layer.cond_width for layer in self.layers],
+                embed=features,
+            )
 
     def scale(self, x: Tensor) -> Tensor:
         """Integer levels ``(B, C, H, W)`` -> floats in ``[-1, 1]`` of the parameters' dtype."""
         dtype = self.input_conv.weight.dtype
         return x.to(dtype) * (2.0 / (self.config.levels - 1)) - 1.0
 
-    def forward_scaled(self, xs: Tensor) -> Tensor:
-        """Logits ``(B, L, C, H, W)`` from an already scaled float input ``(B, C, H, W)``.
+    def cond_biases(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        labels: Tensor | None = None,
+        source: Tensor | None = None,
+    ) -> list[Tensor | None]:
+        """Conditioning bias of each layer, added to its gate pre-activations.
 
-        Differentiable in ``xs``; used by the causality tests.
+        Checks ``labels``/``source`` against the config (``ValueError`` naming the
+        problem). Returns one entry per layer: ``None`` for an unconditional model,
+        else a tensor broadcastable to ``(B, cond_width, H, W)``: ``(B, w, 1, 1)``
+        for labels only, ``(B, w, H, W)`` with a source. They do not depend on the
+        image being generated, so a sampler computes them once per batch.
         """
-        b, c, h, w = xs.shape
-        z = self.input_conv(xs)  # (B, F, H, W)
-        for layer in self.layers:
-            z = layer(z)  # (B, F, H, W)
-        out = self.head(z)  # (B, C*L, H, W), channel c's logits are out-group c
-        out = out.view(b, c, self.config.levels, h, w)  # (B, C, L, H, W)
+        cfg = self.config
+        check_conditioning(cfg.num_classes, cfg.source_channels, batch, labels, source)
+        if self.conditioning is None:
+            return [None] * len(self.layers)
+        if source is not None:
+            source = source.to(self.input_conv.weight.dtype)
+        return list(self.conditioning(labels, source, height, width))
+
+    def logits_from_head(self, out: Tensor) -> Tensor:
+        """Head output ``(B, C*L, H, W)`` -> logits ``(B, L, C, H, W)`` (any ``H, W``)."""
+        b, _, h, w = out.shape
+        out = out.view(b, self.config.channels, self.config.levels, h, w)  # (B, C, L, H, W)
         return out.transpose(1, 2)  # (B, L, C, H, W)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(B, L, C, H, W)`` of integer images ``x`` ``(B, C, H, W)``."""
+    def forward_scaled(
+        self, xs: Tensor, labels: Tensor | None = None, source: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``(B, L, C, H, W)`` from an already scaled float input ``(B, C, H, W)``.
+
+        Differentiable in ``xs`` (and in ``source``); used by the causality tests.
+        """
+        b, _, h, w = xs.shape
+        biases = self.cond_biases(b, h, w, labels, source)
+        z = self.input_conv(xs)  # (B, F, H, W)
+        for layer, cond in zip(self.layers, biases, strict=True):
+            z = layer(z, cond)  # (B, F, H, W)
+        out = self.head(z)  # (B, C*L, H, W), channel c's logits are out-group c
+        return self.logits_from_head(out)
+
+    def forward(
+        self, x: Tensor, labels: Tensor | None = None, source: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``(B, L, C, H, W)`` of integer images ``x`` ``(B, C, H, W)``.
+
+        Args:
+            x: integer levels ``(B, C, H, W)`` in ``[0, L-1]``.
+            labels: ``(B,)`` class indices, required iff ``config.num_classes > 0``.
+            source: ``(B, source_channels, Hs, Ws)`` float image in ``[-1, 1]`` (any
+                ``Hs, Ws``; resized to ``H, W``), required iff ``config.source_channels > 0``.
+        """
         if x.is_floating_point() or x.is_complex():
             raise TypeError(
                 f"PixelRNN expects integer levels, got dtype {x.dtype}; "
@@ -158,8 +257,70 @@ class PixelRNN(nn.Module):
                 f"PixelRNN expects input (B, {self.config.channels}, H, W), "
                 f"got shape {tuple(x.shape)}"
             )
-        return self.forward_scaled(self.scale(x))
+        return self.forward_scaled(self.scale(x), labels, source)
 
-    def nll(self, x: Tensor) -> Tensor:
+    def nll(self, x: Tensor, labels: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         """Negative log-likelihood in nats per image, ``(B,)`` (sum over C, H, W)."""
-        return F.cross_entropy(self(x), x, reduction="none").sum(dim=(1, 2, 3))
+        logits = self(x, labels=labels, source=source)
+        return F.cross_entropy(logits, x, reduction="none").sum(dim=(1, 2, 3))
+
+
+def count_parameters(config: GeneratorConfig) -> int:
+    """Number of trainable parameters of ``PixelRNN(config)``.
+
+    Example:
+        >>> count_parameters(GeneratorConfig(hidden=4, layers=1, head_hidden=4, levels=4))
+        1104
+    """
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = PixelRNN(config)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matched_hidden(config: GeneratorConfig, target_params: int, arch: str) -> int:
+    """The ``hidden`` of ``arch`` whose parameter count is closest to ``target_params``.
+
+    All other settings are taken from ``config``; ``hidden`` stays a multiple of
+    ``config.channels``. Used for equal-parameter-count comparisons of the archs.
+
+    Example:
+        >>> base = GeneratorConfig(hidden=32, layers=2, levels=17)
+        >>> h = matched_hidden(base, count_parameters(base), "pixelcnn")
+        >>> abs(count_parameters(dataclasses.replace(base, arch="pixelcnn", hidden=h))
+        ...     / count_parameters(base) - 1) < 0.1
+        True
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    step = config.channels
+
+    counts: dict[int, int] = {}
+
+    def count(m: int) -> int:
+        if m not in counts:
+            counts[m] = count_parameters(dataclasses.replace(config, arch=arch, hidden=m * step))
+        return counts[m]
+
+    # Every width is linear in hidden, so the count is a quadratic a m^2 + b m + c
+    # in m = hidden / channels: fit it on three tiny models, solve, then walk to the
+    # best m (the count grows with m, so the walk ends at the closest one).
+    c1, c2, c3 = count(1), count(2), count(3)
+    a = (c3 - 2 * c2 + c1) / 2
+    b = c2 - c1 - 3 * a
+    c = c1 - a - b
+    disc = b * b - 4 * a * (c - target_params)
+    if a > 0 and disc >= 0:
+        m = max(1, round((-b + math.sqrt(disc)) / (2 * a)))
+    elif b > 0:
+        m = max(1, round((target_params - c) / b))
+    else:
+        m = 1
+
+    def error(m: int) -> int:
+        return abs(count(m) - target_params)
+
+    while error(m + 1) < error(m):
+        m += 1
+    while m > 1 and error(m - 1) < error(m):
+        m -= 1
+    return m * step

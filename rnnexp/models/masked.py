@@ -37,7 +37,8 @@ def contiguous_groups(channels: int, groups: int, what: str = "channels") -> Ten
             f"{what}={channels} must be divisible by channel_groups={groups} "
             "(one block of channels per image colour channel)"
         )
-    return torch.arange(channels) // (channels // groups)
+    # On the CPU also under a ``torch.device(...)`` context: group checks need values.
+    return torch.arange(channels, device="cpu") // (channels // groups)
 
 
 def build_mask(
@@ -49,7 +50,7 @@ def build_mask(
     """Return the (out, in, kh, kw) 0/1 mask for the given channel group assignments."""
     kh, kw = kernel_size
     cr, cc = kh // 2, kw // 2  # centre row / column
-    mask = torch.ones(len(out_groups), len(in_groups), kh, kw)
+    mask = torch.ones(len(out_groups), len(in_groups), kh, kw, device=in_groups.device)
     mask[:, :, cr + 1 :, :] = 0  # rows below the centre
     mask[:, :, cr, cc + 1 :] = 0  # right of the centre in the centre row
     if mask_type == "A":
@@ -111,7 +112,7 @@ class MaskedConv2d(nn.Conv2d):
         if out_groups is None:
             out_g = contiguous_groups(out_channels, channel_groups, "out_channels")
         else:
-            out_g = torch.as_tensor(out_groups, dtype=torch.long)
+            out_g = torch.as_tensor(out_groups, dtype=torch.long, device="cpu")
             if out_g.shape != (out_channels,):
                 raise ValueError(
                     f"out_groups must have one entry per output channel ({out_channels}), "
@@ -119,7 +120,10 @@ class MaskedConv2d(nn.Conv2d):
                 )
             if out_g.numel() and (out_g.min() < 0 or out_g.max() >= channel_groups):
                 raise ValueError(f"out_groups entries must lie in [0, {channel_groups})")
-        self.register_buffer("mask", build_mask(in_g, out_g, (kh, kw), mask_type))
+        # Built and checked on the CPU, then put where the weight is (also under a
+        # ``torch.device(...)`` context, e.g. "meta" in count_parameters).
+        mask = build_mask(in_g, out_g, (kh, kw), mask_type).to(self.weight.device)
+        self.register_buffer("mask", mask)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)

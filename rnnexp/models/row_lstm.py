@@ -10,6 +10,10 @@ The layer processes the image one row at a time, top to bottom. For row ``r``:
 - LSTM update: ``i, f, o`` sigmoid, ``g`` tanh, ``c = f * c + i * g``,
   ``h = o * tanh(c)``, zero initial state.
 
+Conditioning (Conditional PixelCNN, van den Oord et al. 2016b, section 2.3): an
+optional bias ``cond``, broadcastable to ``(B, 4h, H, W)``, is added to the
+input-to-state gate pre-activations (``W_k^T h`` / ``V_k^T s`` of the paper).
+
 The hidden state is mapped back to the feature width by a 1x1 mask-B convolution
 and added to the input (residual connection, section 3.4).
 
@@ -27,6 +31,29 @@ from torch import Tensor, nn
 from rnnexp.models.masked import MaskedConv2d, contiguous_groups
 
 
+def lstm_update(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM cell update shared by the Row LSTM and the Diagonal BiLSTM (section 3.1).
+
+    Args:
+        gates: pre-activations ``(B, 4h, ...)`` in the layout ``[i|f|o|g]``; each gate
+            is split into ``C`` contiguous colour groups like the hidden state.
+        c_prev: previous cell state ``(B, h, ...)``.
+
+    Returns:
+        ``(h, c)``, each ``(B, h, ...)``: ``c = sigmoid(f) * c_prev + sigmoid(i) * tanh(g)``,
+        ``h = sigmoid(o) * tanh(c)``. Element-wise, so it keeps the colour groups.
+    """
+    i, f, o, g = gates.chunk(4, dim=1)  # each (B, h, ...)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def gate_groups(hidden: int, channel_groups: int) -> Tensor:
+    """Colour group of each of the ``4h`` gate channels, layout ``[i|f|o|g]`` (section 3.4)."""
+    return contiguous_groups(hidden, channel_groups, "hidden").repeat(4)  # (4h,)
+
+
 class RowLSTM(nn.Module):
     """Row LSTM: ``(B, features, H, W) -> (B, features, H, W)``.
 
@@ -35,6 +62,11 @@ class RowLSTM(nn.Module):
         hidden: LSTM hidden size ``h`` (divisible by ``channel_groups``).
         kernel: width ``k`` (odd) of the input-to-state and state-to-state kernels.
         channel_groups: number of image colour channels ``C``.
+
+    Methods a step-wise (cached) sampler can use, row by row:
+    ``input_to_state(x, cond)`` for the gates of a map or a single row ``(B, F, 1, W)``,
+    ``initial_state(gates_row)``, ``step(gates_row, state)`` and ``output(x, h)``.
+    ``cond_width`` (``4h``) is the width of the conditioning bias of :meth:`forward`.
     """
 
     def __init__(self, features: int, hidden: int, kernel: int = 3, channel_groups: int = 1):
@@ -45,17 +77,26 @@ class RowLSTM(nn.Module):
         self.hidden = hidden
         self.kernel = kernel
         self.channel_groups = channel_groups
-        hidden_groups = contiguous_groups(hidden, channel_groups, "hidden")  # (h,)
-        gate_groups = hidden_groups.repeat(4)  # (4h,) layout [i|f|o|g]
+        self.cond_width = 4 * hidden
         self.i2s = MaskedConv2d(
-            features, 4 * hidden, (1, kernel), "B", channel_groups, out_groups=gate_groups
+            features,
+            4 * hidden,
+            (1, kernel),
+            "B",
+            channel_groups,
+            out_groups=gate_groups(hidden, channel_groups),
         )
         self.s2s = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2)
         self.out = MaskedConv2d(hidden, features, 1, "B", channel_groups)
 
-    def input_to_state(self, x: Tensor) -> Tensor:
-        """Input-to-state gate contributions of every row: ``(B, F, H, W) -> (B, 4h, H, W)``."""
-        return self.i2s(x)
+    def input_to_state(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Input-to-state gate contributions of every row: ``(B, F, H, W) -> (B, 4h, H, W)``.
+
+        ``cond`` (optional, broadcastable to ``(B, 4h, H, W)``) is the layer's
+        conditioning bias, added to the gate pre-activations (2016b, section 2.3).
+        """
+        gates = self.i2s(x)  # (B, 4h, H, W)
+        return gates if cond is None else gates + cond
 
     def initial_state(self, x_row: Tensor) -> tuple[Tensor, Tensor]:
         """Zero ``(h, c)``, each ``(B, h, W)``, matching a ``(B, 4h, W)`` gate row."""
@@ -74,18 +115,15 @@ class RowLSTM(nn.Module):
             This row's ``(h, c)``, each ``(B, h, W)``.
         """
         h_prev, c_prev = state
-        gates = gates_in + self.s2s(h_prev)  # (B, 4h, W)
-        i, f, o, g = gates.chunk(4, dim=1)  # each (B, h, W)
-        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return lstm_update(gates_in + self.s2s(h_prev), c_prev)  # (B, 4h, W) gates
 
     def output(self, x: Tensor, h: Tensor) -> Tensor:
         """Residual output: ``x + out(h)``, ``(B, F, H, W)`` (works on one-row maps too)."""
         return x + self.out(h)
 
-    def forward(self, x: Tensor) -> Tensor:
-        gates_in = self.input_to_state(x)  # (B, 4h, H, W)
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``(B, F, H, W) -> (B, F, H, W)``; ``cond`` broadcastable to ``(B, 4h, H, W)``."""
+        gates_in = self.input_to_state(x, cond)  # (B, 4h, H, W)
         rows = gates_in.unbind(dim=2)  # H x (B, 4h, W); unbind, not x[:, :, r] (faster backward)
         state = self.initial_state(rows[0])
         hs = []
@@ -96,4 +134,4 @@ class RowLSTM(nn.Module):
         return self.output(x, h)
 
 
-__all__ = ["RowLSTM"]
+__all__ = ["RowLSTM", "gate_groups", "lstm_update"]
