@@ -3,15 +3,23 @@
 ``sample_naive`` runs one full forward pass per generated sub-pixel. It is the
 reference the cached sampler must match, and it also does image completion:
 pixels given in ``known`` where ``known_mask`` is True are kept, the rest sampled.
+
+``sample_cached`` draws the same images (the same random draws, in the same order,
+from the same logits up to floating-point rounding) but computes, per sub-pixel,
+only what the new sub-pixel changes (:class:`~rnnexp.models.cached.CachedSampler`,
+after Ramachandran et al. 2017, *Fast Generation for Convolutional Autoregressive
+Models*): one column through the network at one pixel, plus per-row work.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from rnnexp.models.cached import CachedSampler
 from rnnexp.models.generator import PixelRNN
 
 
@@ -36,6 +44,80 @@ def _check_known(
         raise ValueError(f"known levels must lie in [0, {levels - 1}]")
 
 
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+@dataclass
+class _Setup:
+    """What both samplers start from (checked arguments, initial image, conditioning)."""
+
+    x: Tensor  # (n, C, H, W) long on device: zeros, known levels where given
+    mask: Tensor | None  # (n, C, H, W) bool on device, or None
+    skip: list[list[list[bool]]] | None  # (C, H, W): known in every image -> no draw
+    cond: dict[str, Tensor]  # only the conditioning inputs that were given
+    temperature: float
+    draw_device: torch.device
+    generator: torch.Generator | None
+
+
+def _setup(
+    model: nn.Module,
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None,
+    temperature: float,
+    device: torch.device | str | None,
+    known: Tensor | None,
+    known_mask: Tensor | None,
+    labels: Tensor | None,
+    source: Tensor | None,
+) -> _Setup:
+    temperature = float(temperature)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if n < 1 or height < 1 or width < 1:
+        raise ValueError(f"n, height and width must be >= 1, got {n}, {height}, {width}")
+    channels, levels = model.config.channels, model.config.levels
+    shape = (n, channels, height, width)
+    _check_known(known, known_mask, shape, levels)
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    draw_device = generator.device if generator is not None else device
+
+    x = torch.zeros(shape, dtype=torch.long, device=device)
+    mask = skip = None
+    if known is not None and known_mask is not None:
+        mask = known_mask.to(device)
+        x = torch.where(mask, known.to(device=device, dtype=torch.long), x)
+        skip = mask.all(dim=0).tolist()  # (C, H, W) nested lists: no device sync per step
+    cond: dict[str, Tensor] = {}
+    if labels is not None:
+        cond["labels"] = labels.to(device)
+    if source is not None:
+        cond["source"] = source.to(device=device, dtype=_model_dtype(model))
+    return _Setup(x, mask, skip, cond, temperature, draw_device, generator)
+
+
+def _draw(s: _Setup, logits: Tensor, i: int, j: int, c: int) -> Tensor:
+    """Draw sub-pixel ``(c, i, j)`` of every image from ``logits`` ``(n, L)``: ``(n,)``.
+
+    The one place both samplers draw: softmax in float64 at the temperature, one
+    ``torch.multinomial`` call on the generator's device, known levels kept.
+    """
+    probs = torch.softmax(logits.double() / s.temperature, dim=1)
+    draw = torch.multinomial(probs.to(s.draw_device), 1, generator=s.generator)
+    draw = draw.squeeze(1).to(s.x.device)  # (n,)
+    if s.mask is not None:
+        draw = torch.where(s.mask[:, c, i, j], s.x[:, c, i, j], draw)
+    return draw
+
+
 @torch.no_grad()
 def sample_naive(
     model: PixelRNN,
@@ -47,18 +129,28 @@ def sample_naive(
     device: torch.device | str | None = None,
     known: Tensor | None = None,
     known_mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    source: Tensor | None = None,
 ) -> Tensor:
     """Draw ``n`` images by running the whole model once per sub-pixel.
 
     Args:
-        model: the generator; ``model(x)`` gives logits ``(B, L, C, H, W)``.
+        model: the generator; ``model(x, **cond)`` gives logits ``(B, L, C, H, W)``,
+            where ``cond`` holds only the conditioning inputs that are given (so any
+            module with ``config`` and ``forward(x)`` works unconditionally).
         n, height, width: number and size of images.
         generator: random source for ``torch.multinomial``; the draws happen on the
             generator's device, so a CPU generator gives the same images on any device.
         temperature: logits are divided by it before the softmax (> 0).
         device: where the model runs; defaults to the model's parameters' device.
         known, known_mask: optional ``(n, C, H, W)`` levels and bool mask; where the
-            mask is True the level is kept fixed (image completion).
+            mask is True the level is kept fixed (image completion). Sub-pixels known
+            in every image are not drawn (no random numbers are used for them).
+        labels: ``(n,)`` int64 class indices of a class-conditional model (one per
+            image: must match ``n``).
+        source: ``(n, source_channels, Hs, Ws)`` float source images in ``[-1, 1]`` of
+            an image-to-image model (one per image: must match ``n``); cast to the
+            model's dtype.
 
     Returns:
         LongTensor ``(n, C, H, W)`` of levels in ``[0, L-1]`` on ``device``.
@@ -70,39 +162,71 @@ def sample_naive(
         >>> sample_naive(model, 2, 3, 3, generator=g).shape
         torch.Size([2, 1, 3, 3])
     """
-    temperature = float(temperature)
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    if n < 1 or height < 1 or width < 1:
-        raise ValueError(f"n, height and width must be >= 1, got {n}, {height}, {width}")
-    channels, levels = model.config.channels, model.config.levels
-    shape = (n, channels, height, width)
-    _check_known(known, known_mask, shape, levels)
-    if device is None:
-        device = next(model.parameters()).device
-    draw_device = generator.device if generator is not None else torch.device(device)
-
-    x = torch.zeros(shape, dtype=torch.long, device=device)
-    mask = None
-    if known is not None and known_mask is not None:
-        mask = known_mask.to(device)
-        x = torch.where(mask, known.to(device=device, dtype=torch.long), x)
-
+    s = _setup(
+        model, n, height, width, generator, temperature, device, known, known_mask, labels, source
+    )
+    x, channels = s.x, model.config.channels
     was_training = model.training
     model.eval()
     try:
         for i in range(height):
             for j in range(width):
                 for c in range(channels):
-                    if mask is not None and bool(mask[:, c, i, j].all()):
+                    if s.skip is not None and s.skip[c][i][j]:
                         continue
-                    logits = model(x)[:, :, c, i, j]  # (n, L)
-                    probs = torch.softmax(logits.double() / temperature, dim=1)
-                    draw = torch.multinomial(probs.to(draw_device), 1, generator=generator)
-                    draw = draw.squeeze(1).to(device)  # (n,)
-                    if mask is not None:
-                        draw = torch.where(mask[:, c, i, j], x[:, c, i, j], draw)
-                    x[:, c, i, j] = draw
+                    logits = model(x, **s.cond)[:, :, c, i, j]  # (n, L)
+                    x[:, c, i, j] = _draw(s, logits, i, j, c)
     finally:
         model.train(was_training)
     return x
+
+
+@torch.no_grad()
+def sample_cached(
+    model: PixelRNN,
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    device: torch.device | str | None = None,
+    known: Tensor | None = None,
+    known_mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    source: Tensor | None = None,
+) -> Tensor:
+    """Draw ``n`` images like :func:`sample_naive`, computing only what each pixel changes.
+
+    Same arguments, checks and result as :func:`sample_naive`, and the same random
+    draws in the same order (one per sub-pixel not known in every image), so for
+    the same ``generator`` seed the images are identical (up to a floating-point
+    near-tie between two levels, where the logits' rounding can differ).
+
+    Per sub-pixel it evaluates the network at that pixel only, from cached layer
+    states (:class:`~rnnexp.models.cached.CachedSampler`): every ``PixelRNN`` arch
+    (Row LSTM, Diagonal BiLSTM, PixelCNN), grey or RGB, unconditional or
+    conditional. A model that is not a ``PixelRNN`` made of these parts (e.g. a
+    wrapper or a test stub with only ``forward(x)``) is sampled by
+    :func:`sample_naive` instead.
+
+    Example:
+        >>> from rnnexp.models import GeneratorConfig, PixelRNN
+        >>> model = PixelRNN(GeneratorConfig(levels=4, hidden=4, layers=1, head_hidden=4))
+        >>> a = sample_cached(model, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+        >>> b = sample_naive(model, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(a, b)
+        True
+    """
+    args = (generator, temperature, device, known, known_mask, labels, source)
+    if not CachedSampler.supports(model):
+        return sample_naive(model, n, height, width, *args)
+    s = _setup(model, n, height, width, *args)
+    was_training = model.training
+    model.eval()
+    try:
+        sampler = CachedSampler(model, s.x, **s.cond)
+        for i, j, c, logits in sampler.steps(s.skip):
+            sampler.put(i, j, c, _draw(s, logits, i, j, c))
+    finally:
+        model.train(was_training)
+    return s.x
