@@ -5,22 +5,33 @@ from __future__ import annotations
 import math
 
 import lightning.pytorch as pl
-import torch
+import numpy as np
 
+from rnnexp.data.prepare import read_arrays
 from rnnexp.errors import RnnexpError
-from rnnexp.images import make_grid
-from rnnexp.models.sampling import sample_naive
+from rnnexp.generate import TaskInfo, sample_picture
 
 
 class SampleGrid(pl.Callback):
-    """Every ``every`` epochs (and after the last), sample a grid with a fixed seed.
+    """Every ``every`` epochs (and after the last), log a sample picture, fixed seed.
 
-    The same seed every epoch shows how samples of the *same* noise evolve. The grid
-    goes to the logger's ``log_image(image, key, step)`` when it has one.
+    The same seed every epoch shows how samples of the *same* noise evolve. For
+    image-to-image models the picture shows source | output | target rows of the
+    first validation images (read from ``prepared_dir``). The picture goes to the
+    logger's ``log_image(image, key, step)`` when it has one.
     """
 
-    def __init__(self, every: int, n: int, seed: int = 0) -> None:
-        self.every, self.n, self.seed = every, n, seed
+    def __init__(self, every: int, n: int, seed: int = 0, prepared_dir: str | None = None):
+        self.every, self.n, self.seed, self.prepared_dir = every, n, seed, prepared_dir
+        self._arrays: dict | None = None
+
+    def _val_arrays(self, module: pl.LightningModule) -> dict:
+        if self._arrays is None:
+            if self.prepared_dir is not None:
+                self._arrays = read_arrays(self.prepared_dir, "val")
+            else:
+                self._arrays = {"images": np.zeros((0, *module.image_shape), np.uint8)}
+        return self._arrays
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
@@ -32,12 +43,11 @@ class SampleGrid(pl.Callback):
         log_image = getattr(trainer.logger, "log_image", None)
         if log_image is None:
             return
-        c, h, w = module.image_shape
-        generator = torch.Generator().manual_seed(self.seed)  # same grid on any device
-        images = sample_naive(
-            module.generator, self.n, h, w, generator=generator, device=module.device
+        task = TaskInfo.from_data_info(module.data_info)
+        picture = sample_picture(
+            module.generator, task, self._val_arrays(module), self.n, self.seed, 1.0
         )
-        log_image(make_grid(images.cpu().numpy(), module.levels), key="samples", step=epoch)
+        log_image(picture, key="samples", step=epoch)
 
 
 class NonFiniteLossGuard(pl.Callback):

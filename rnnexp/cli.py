@@ -118,8 +118,8 @@ def _cmd_sample(args: argparse.Namespace, params: Params) -> None:
 
     from rnnexp.atomic import atomic_write_bytes
     from rnnexp.checkpoint import load_checkpoint
+    from rnnexp.generate import class_labels, generate
     from rnnexp.images import make_grid
-    from rnnexp.models.sampling import sample_naive
     from rnnexp.tracking import image_bytes
 
     if args.n < 1:
@@ -127,14 +127,70 @@ def _cmd_sample(args: argparse.Namespace, params: Params) -> None:
     if args.temperature <= 0:
         raise RnnexpError(f"--temperature must be positive, got {args.temperature}")
     loaded = load_checkpoint(args.checkpoint)
+    config = loaded.generator.config
+    if config.source_channels:
+        raise RnnexpError(
+            f"{args.checkpoint}: this generator translates images ({config.source_channels}-"
+            "channel source); use `rnnexp complete --input ...`"
+        )
+    labels = None
+    if args.class_ is not None:
+        if not config.num_classes:
+            raise RnnexpError(f"--class: {args.checkpoint} is not a class-conditional model")
+        if not 0 <= args.class_ < config.num_classes:
+            raise RnnexpError(f"--class must lie in 0..{config.num_classes - 1}, got {args.class_}")
+        labels = torch.full((args.n,), args.class_)
+    elif config.num_classes:
+        labels = class_labels(args.n, config.num_classes)
     _, h, w = loaded.image_shape
-    generator = torch.Generator().manual_seed(args.seed)
-    images = sample_naive(
-        loaded.generator, args.n, h, w, generator=generator, temperature=args.temperature
+    images = generate(
+        loaded.generator, args.n, h, w, seed=args.seed, temperature=args.temperature, labels=labels
     )
-    grid = make_grid(images.numpy(), loaded.generator.config.levels)
+    nrow = config.num_classes if args.class_ is None and config.num_classes else None
+    grid = make_grid(images.numpy(), config.levels, nrow=nrow)
     atomic_write_bytes(Path(args.out), image_bytes(grid))
     print(f"sample: {args.n} images -> {args.out}")
+
+
+def _cmd_complete(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp.atomic import atomic_write_bytes
+    from rnnexp.checkpoint import load_checkpoint
+    from rnnexp.data.prepare import quantize
+    from rnnexp.data.sources import load_images
+    from rnnexp.generate import TaskInfo, source_preview, translate, triplet_grid
+    from rnnexp.tracking import image_bytes
+
+    if args.temperature <= 0:
+        raise RnnexpError(f"--temperature must be positive, got {args.temperature}")
+    loaded = load_checkpoint(args.checkpoint)
+    config = loaded.generator.config
+    task = TaskInfo.from_data_info(loaded.data)
+    if config.num_classes:
+        raise RnnexpError(f"{args.checkpoint}: a class-conditional model; use `rnnexp sample`")
+    c, h, w = loaded.image_shape
+    if h != w:
+        raise RnnexpError(f"{args.checkpoint}: complete supports square images, not {h}x{w}")
+    if args.as_source and not config.source_channels:
+        raise RnnexpError("--as-source needs an image-to-image model (task denoise/upscale)")
+    if args.as_source and task.task == "completion":
+        raise RnnexpError("--as-source: completion sources are built from whole images")
+    size = h // 2 if args.as_source and task.task == "upscale" else h
+    pixels = load_images(args.input, size, c)  # (N, size, size, C) uint8
+    levels = quantize(pixels, 255, config.levels).transpose(0, 3, 1, 2).copy()  # (N, C, s, s)
+    targets = None if args.as_source else levels
+    sources, outputs = translate(
+        loaded.generator,
+        targets,
+        task,
+        sources=levels if args.as_source else None,
+        seed=args.seed,
+        temperature=args.temperature,
+    )
+    preview = source_preview(sources, c, h, w)
+    grid = triplet_grid(preview, outputs, targets, config.levels)
+    atomic_write_bytes(Path(args.out), image_bytes(grid))
+    columns = "source | output" + ("" if args.as_source else " | target")
+    print(f"complete: {len(outputs)} images ({columns}) -> {args.out}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -175,7 +231,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--class", dest="class_", type=int, help="class of every image (default: all)")
     p.add_argument("--out", default="samples.png")
+    p = stage(
+        "complete",
+        "translate or complete images with a checkpoint; writes source | output | target rows",
+        _cmd_complete,
+    )
+    p.add_argument("--checkpoint", default="models/best.ckpt")
+    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument(
+        "--as-source",
+        action="store_true",
+        help="the inputs are sources (noisy / low-resolution images), not targets",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--out", default="completions.png")
     return parser
 
 

@@ -17,10 +17,10 @@ from PIL import Image
 
 from rnnexp.checkpoint import load_checkpoint
 from rnnexp.config import EvaluateParams
-from rnnexp.data.prepare import read_meta, read_split
+from rnnexp.data.prepare import read_arrays, read_meta, read_split
+from rnnexp.data.tasks import source_to_float
 from rnnexp.errors import RnnexpError
-from rnnexp.images import make_grid
-from rnnexp.models.sampling import sample_naive
+from rnnexp.generate import TaskInfo, sample_picture
 
 
 def bits_per_dim(nats_per_image: float, dims: int) -> float:
@@ -45,14 +45,40 @@ def independent_pixel_nll(train: np.ndarray, test: np.ndarray, levels: int) -> f
 
 
 @torch.no_grad()
-def model_nll(generator: torch.nn.Module, images: np.ndarray, batch_size: int) -> float:
-    """Mean NLL in nats/image of level-index images (N, C, H, W) under the generator."""
+def model_nll(
+    generator: torch.nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+) -> float:
+    """Mean NLL in nats/image of level-index images (N, C, H, W) under the generator.
+
+    ``labels`` (N,) and ``source`` (N, S, Hs, Ws) float in [-1, 1] are the
+    conditioning inputs of conditional generators (conditional NLL).
+    """
     generator.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size].astype(np.int64))
-        total += float(generator.nll(x).sum())
+        part = slice(start, start + batch_size)
+        x = torch.from_numpy(images[part].astype(np.int64))
+        cond = {}
+        if labels is not None:
+            cond["labels"] = torch.from_numpy(labels[part].astype(np.int64))
+        if source is not None:
+            cond["source"] = torch.from_numpy(source[part])
+        total += float(generator.nll(x, **cond).sum())
     return total / len(images)
+
+
+def conditioning_arrays(config: Any, arrays: dict, levels: int) -> dict[str, np.ndarray]:
+    """The ``labels`` / ``source`` arrays a generator with ``config`` is conditioned on."""
+    cond = {}
+    if config.num_classes:
+        cond["labels"] = arrays["labels"]
+    if config.source_channels:
+        cond["source"] = source_to_float(arrays["source"], levels)
+    return cond
 
 
 @dataclass
@@ -77,25 +103,21 @@ def evaluate_checkpoint(
             f"{tuple(loaded.image_shape)}, but {prepared_dir} holds {meta['levels']} levels "
             f"and images {data_shape}; retrain (dvc repro) or point at the right data"
         )
-    test, _ = read_split(prepared_dir, "test")
-    train, _ = read_split(prepared_dir, "train")
+    test_arrays = read_arrays(prepared_dir, "test", meta)
+    test = test_arrays["images"]
+    train, _ = read_split(prepared_dir, "train", meta)
     if len(test) == 0:
         raise RnnexpError(
             f"{Path(prepared_dir) / 'test.npz'}: the test split is empty; set "
             "data.test_fraction above 0 and rerun the prepare stage"
         )
     dims = math.prod(data_shape)
-    nll = model_nll(loaded.generator, test, params.batch_size)
+    cond = conditioning_arrays(config, test_arrays, meta["levels"])
+    nll = model_nll(loaded.generator, test, params.batch_size, **cond)
     baseline = independent_pixel_nll(train, test, meta["levels"])
-
-    generator = torch.Generator().manual_seed(params.seed)
-    samples = sample_naive(
-        loaded.generator,
-        params.n_samples,
-        meta["height"],
-        meta["width"],
-        generator=generator,
-        temperature=params.temperature,
+    task = TaskInfo.from_data_info(loaded.data)
+    picture = sample_picture(
+        loaded.generator, task, test_arrays, params.n_samples, params.seed, params.temperature
     )
     metrics: dict[str, dict[str, Any]] = {
         "test": {"nll_nats": nll, "bpd": bits_per_dim(nll, dims), "images": len(test)},
@@ -104,7 +126,7 @@ def evaluate_checkpoint(
     }
     return Evaluation(
         metrics=metrics,
-        samples=make_grid(samples.numpy(), meta["levels"]),
+        samples=picture,
         curve=loaded.history,
         run_id=loaded.run_id,
     )

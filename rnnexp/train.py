@@ -77,7 +77,14 @@ def run_training(
     data.setup()  # fail on unusable data before a run is opened
     generator = build_generator(params, meta)
     shape = (meta["channels"], meta["height"], meta["width"])
-    data_info = {"content_hash": meta["content_hash"], "levels": meta["levels"], "shape": shape}
+    data_info = {
+        "content_hash": meta["content_hash"],
+        "levels": meta["levels"],
+        "shape": shape,
+        "task": meta.get("task", "unconditional"),
+        "occlusion": params.data.occlusion,
+        "noise_level": params.data.noise_level,
+    }
     system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
 
     tags = {"rnnexp.data_hash": meta["content_hash"], "rnnexp.arch": params.model.arch}
@@ -102,7 +109,7 @@ def run_training(
             callbacks=[
                 checkpoints,
                 NonFiniteLossGuard(),
-                SampleGrid(t.sample_every, t.sample_grid),
+                SampleGrid(t.sample_every, t.sample_grid, prepared_dir=str(prepared_dir)),
             ],
             plugins=[AtomicCheckpointIO()],
             num_sanity_val_steps=0,

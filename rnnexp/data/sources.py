@@ -556,3 +556,29 @@ def read_raw(raw_dir: str | os.PathLike[str]) -> RawDataset:
         return RawDataset(images, labels, max_value, class_names, source, info.get("origin"))
     except ValueError as e:
         raise DataError(f"raw data file {data_path} is invalid: {e}") from e
+
+
+def load_images(path: str | os.PathLike[str], size: int, channels: int) -> np.ndarray:
+    """Images to feed a trained model: a file, or every image in a folder (recursive).
+
+    Each image is resized to ``size`` x ``size`` and converted to ``channels``
+    channels (1: grayscale, 3: RGB). Returns uint8 (N, size, size, channels).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if _is_image_file(p))
+        if not files:
+            raise DataError(f"no .png/.jpg/.jpeg images found in {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"input {path} does not exist")
+    images = []
+    for file in files:
+        pixels = _load_image(file, size)  # (H, W) grey or (H, W, 3)
+        if pixels.ndim == 2:
+            pixels = pixels[..., None].repeat(channels, axis=2)
+        elif channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
+            pixels = np.rint(pixels @ np.array([0.299, 0.587, 0.114]))[..., None]
+        images.append(pixels.astype(np.uint8))
+    return np.stack(images)
