@@ -8,10 +8,13 @@ memory (ru_maxrss, or CUDA max allocated) is its own.
 
 Usage:
     python benchmarks/throughput.py                      # all three archs
-    python benchmarks/throughput.py --arch row_lstm
+    python benchmarks/throughput.py --arch row_lstm --compare-uncropped
     python benchmarks/throughput.py --device cuda --threads 16
 
 Target (issue 3): Row LSTM at least 30 images/s on the 2-core CPU machine.
+``--compare-uncropped`` also times the Row LSTM with MaskedConv2d.crop_kernels
+off (the whole masked kernel convolved), interleaved with cropped runs, and
+prints the speed-up of cropping.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def measure(args: argparse.Namespace) -> dict:
 
     from rnnexp.models import GeneratorConfig, PixelRNN
     from rnnexp.models.generator import count_parameters, matched_hidden
+    from rnnexp.models.masked import MaskedConv2d
+
+    MaskedConv2d.crop_kernels = not args.uncropped
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -76,10 +82,12 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
-def run_child(args: argparse.Namespace, arch: str) -> dict:
+def run_child(args: argparse.Namespace, arch: str, uncropped: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--arch", arch, "--device", args.device]
     cmd += ["--threads", str(args.threads), "--batch", str(args.batch)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if uncropped:
+        cmd.append("--uncropped")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -92,7 +100,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compare-uncropped", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--uncropped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.arch = args.arch[0]
@@ -107,6 +117,15 @@ def main() -> None:
             f"{arch:16s} hidden {r['hidden']:4d}  params {r['params']:8,d}  "
             f"{r['images_per_s']:6.1f} images/s  peak memory {r['peak_mb']:7.0f} MB"
         )
+
+    if args.compare_uncropped:
+        cropped, whole = [], []
+        for _ in range(3):  # interleaved, so load on the machine hits both alike
+            cropped.append(run_child(args, "row_lstm")["images_per_s"])
+            whole.append(run_child(args, "row_lstm", uncropped=True)["images_per_s"])
+        c, w = statistics.median(cropped), statistics.median(whole)
+        print(f"row_lstm: cropped kernels {c:.1f} images/s, whole masked kernels {w:.1f}")
+        print(f"speed-up of kernel cropping: {c / w:.2f}x")
 
 
 if __name__ == "__main__":

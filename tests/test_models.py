@@ -458,3 +458,16 @@ def test_sample_naive_rejects_bad_known():
         sample_naive(model, 1, 2, 3, known=known, known_mask=torch.ones_like(known).bool())
     with pytest.raises(ValueError, match="levels"):
         sample_naive(model, 1, 2, 2, known=known + 7, known_mask=torch.ones_like(known).bool())
+
+
+@pytest.mark.parametrize(
+    "kernel, mask_type, groups",
+    [(7, "A", 1), (7, "A", 3), ((1, 3), "B", 1), ((1, 5), "A", 1), ((1, 3), "B", 3), (3, "B", 1)],
+)
+def test_cropped_masked_conv_equals_full_masked_conv(kernel, mask_type, groups):
+    torch.manual_seed(0)
+    conv = MaskedConv2d(3 * groups, 6, kernel, mask_type, groups)
+    x = torch.randn(2, 3 * groups, 5, 7)
+    full = F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=conv.padding)
+    assert conv._support is not None  # the cropped path is the one under test
+    torch.testing.assert_close(conv(x), full, rtol=1e-5, atol=1e-5)
