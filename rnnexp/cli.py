@@ -57,9 +57,48 @@ def _cmd_prepare(args: argparse.Namespace, params: Params) -> None:
     print(f"prepare: splits {meta['splits']}, hash {meta['content_hash'][:12]} -> {args.out}")
 
 
+def _tuned(params: Params, path: str) -> Params:
+    """``params`` with the tune stage's best params merged over them (train.use_tuned)."""
+    from rnnexp.config import read_yaml, with_overrides
+
+    if not params.train.use_tuned:
+        return params
+    if not Path(path).is_file():
+        raise RnnexpError(
+            f"{path}: tuned params not found; run the tune stage (dvc repro tune) or set "
+            "train.use_tuned: false"
+        )
+    tuned = read_yaml(path)
+    if not isinstance(tuned, dict) or not isinstance(tuned.get("params"), dict):
+        raise RnnexpError(f"{path}: expected a mapping with a 'params' mapping")
+    return with_overrides(params, tuned["params"], source=path)
+
+
+def _cmd_tune(args: argparse.Namespace, params: Params) -> None:
+    import yaml
+
+    from rnnexp.atomic import atomic_write_text
+    from rnnexp.tune import run_tuning, trials_csv
+
+    result = run_tuning(params, args.prepared, workers=args.workers)
+    out = Path(args.out)
+    best = {"study": result.study_name or None, "best_value": result.best_value}
+    best["params"] = result.best_overrides
+    atomic_write_text(out / "tune_trials.csv", trials_csv(result.trials))
+    atomic_write_text(out / "best_params.yaml", yaml.safe_dump(best, sort_keys=False))
+    if not result.trials:
+        print("tune: tune.n_trials is 0; training uses params.yaml as it is")
+        return
+    print(
+        f"tune: study {result.study_name}, {len(result.trials)} trials, best "
+        f"{params.tune.metric} {result.best_value:.4f} with {result.best_overrides}"
+    )
+
+
 def _cmd_train(args: argparse.Namespace, params: Params) -> None:
     from rnnexp.train import run_training
 
+    params = _tuned(params, args.tuned)
     result = run_training(params, args.prepared, args.out)
     figures = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
     print(f"train: {result.epochs} epochs, {figures}, run {result.run_id}")
@@ -219,9 +258,14 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("prepare", "quantize and split data/raw/ into data/prepared/", _cmd_prepare)
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--out", default="data/prepared")
+    p = stage("tune", "search hyperparameters (Optuna); best params to reports/", _cmd_tune)
+    p.add_argument("--prepared", default="data/prepared")
+    p.add_argument("--out", default="reports")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (tune.workers)")
     p = stage("train", "train the generator; checkpoints under models/", _cmd_train)
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--out", default="models")
+    p.add_argument("--tuned", default="reports/best_params.yaml", help="tune stage output")
     p = stage("evaluate", "score the best checkpoint; reports/", _cmd_evaluate)
     p.add_argument("--checkpoint", default="models/best.ckpt")
     p.add_argument("--prepared", default="data/prepared")

@@ -102,11 +102,35 @@ class TrainParams:
     sample_every: int = _param(5, _range(0), "log a sample grid every N epochs (0 = never)")
     sample_grid: int = _param(16, _range(1, 1024), "images in each per-epoch sample grid")
     progress_bar: str = _param("auto", _one_of("auto", "always", "never"), "auto: not in CI")
+    use_tuned: bool = _param(True, doc="merge the tune stage's best params over these")
+
+
+DEFAULT_SPACE = {
+    "train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+    "model.hidden": {"type": "int", "low": 16, "high": 48, "step": 16},
+    "model.layers": {"type": "int", "low": 1, "high": 3},
+}
+SPACE_TYPES = ("float", "int", "categorical")
+TUNABLE_SECTIONS = ("model", "train")
 
 
 @dataclass(frozen=True)
 class TuneParams:
-    """Hyperparameter search; filled in by the tuning stage."""
+    """Hyperparameter search of the tune stage (Optuna)."""
+
+    n_trials: int = _param(8, _range(0, 100000), "trials to finish (0: skip, keep params)")
+    timeout: float | None = _param(None, _range(0.0, open_low=True), "study time budget (s)")
+    epochs: int = _param(10, _range(1, 100000), "max epochs of each trial")
+    study_name: str | None = _param(None, doc="null: derived from the search settings")
+    storage: str | None = _param(None, doc="null: sqlite:///<repo>/optuna.db; journal:<file>")
+    sampler: str = _param("tpe", _one_of("tpe", "random"), "Optuna sampler (seeded)")
+    seed: int = _param(0, _range(0), "sampler seed")
+    pruner: str = _param("median", _one_of("median", "hyperband", "none"), "Optuna pruner")
+    startup_trials: int = _param(3, _range(0, 100000), "trials before pruning starts")
+    metric: str = _param("val/bpd", _one_of("val/bpd", "val/nll"), "metric to minimise")
+    heartbeat: int = _param(30, _range(1, 86400), "heartbeat of RDB storages (s)")
+    workers: int = _param(1, _range(1, 256), "worker processes of the tune stage")
+    space: dict[str, dict] = _param(DEFAULT_SPACE, doc="param -> {type, low, high, ...}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +181,8 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join([_type_name(a) for a in args] + ["null"])
     if typing.get_origin(tp) is dict:
-        return "a mapping of strings to strings"
+        inner = "strings" if typing.get_args(tp)[1] is str else "mappings"
+        return f"a mapping of strings to {inner}"
     return names.get(tp, str(tp))
 
 
@@ -170,8 +195,9 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(value, inner)
     if origin is dict:
+        value_type = typing.get_args(tp)[1]
         ok = isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            isinstance(k, str) and isinstance(v, value_type) for k, v in value.items()
         )
         return ok, value
     if tp is bool:
@@ -193,7 +219,7 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def validate(raw: Any, source: str) -> Params:
+def validate(raw: Any, source: str, check_space: bool = True) -> Params:
     """Build :class:`Params` from a parsed YAML mapping, or raise one ConfigError.
 
     Args:
@@ -238,11 +264,11 @@ def validate(raw: Any, source: str) -> Params:
     if errors:
         raise ConfigError(f"{source}: invalid params:\n  - " + "\n  - ".join(errors))
     params = Params(**sections)
-    _check_consistency(params, source)
+    _check_consistency(params, source, check_space)
     return params
 
 
-def _check_consistency(p: Params, source: str) -> None:
+def _check_consistency(p: Params, source: str, check_space: bool = True) -> None:
     """Rules that involve more than one key."""
     errors = []
     if p.data.val_fraction + p.data.test_fraction >= 1.0:
@@ -254,8 +280,71 @@ def _check_consistency(p: Params, source: str) -> None:
     for key in ("kernel", "input_kernel"):
         if getattr(p.model, key) % 2 == 0:
             errors.append(f"model.{key}: {getattr(p.model, key)} must be odd")
+    if check_space:
+        errors += _space_errors(p)
     if errors:
         raise ConfigError(f"{source}: invalid params:\n  - " + "\n  - ".join(errors))
+
+
+def _space_errors(p: Params) -> list[str]:
+    """Check ``tune.space``: known keys, well-formed ranges, and every end value valid."""
+    errors = []
+    for name, spec in p.tune.space.items():
+        where = f"tune.space.{name}"
+        section, _, key = name.partition(".")
+        fields = {f.name for f in dataclasses.fields(_SECTION_TYPES.get(section, object))}
+        if section not in TUNABLE_SECTIONS or key not in fields:
+            errors.append(f"{where}: not a tunable param (model.* or train.* keys)")
+            continue
+        kind = spec.get("type")
+        allowed = {
+            "float": {"type", "low", "high", "log"},
+            "int": {"type", "low", "high", "log", "step"},
+            "categorical": {"type", "choices"},
+        }.get(kind)
+        if allowed is None:
+            errors.append(f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {kind!r}")
+            continue
+        unknown = set(spec) - allowed
+        if unknown:
+            errors.append(f"{where}: unknown keys {sorted(unknown)} for type {kind}")
+            continue
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                errors.append(f"{where}.choices: expected a non-empty list")
+                continue
+            candidates = choices
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            number = int if kind == "int" else (int, float)
+            if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
+                want = "integers" if kind == "int" else "numbers"
+                errors.append(f"{where}: low and high must both be {want}")
+                continue
+            if low >= high:
+                errors.append(f"{where}: low ({low}) must be below high ({high})")
+                continue
+            if spec.get("log") and low <= 0:
+                errors.append(f"{where}: log scale needs low > 0, got {low}")
+                continue
+            candidates = [low, high]
+        for value in candidates:
+            try:
+                with_overrides(p, {name: value})
+            except ConfigError as exc:
+                reason = str(exc).split("\n  - ", 1)[-1]
+                errors.append(f"{where}: value {value!r} is invalid: {reason}")
+    return errors
+
+
+def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
+    """A copy of ``params`` with ``{"section.key": value}`` applied and validated."""
+    raw = params.to_dict()
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return validate(raw, source, check_space=False)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

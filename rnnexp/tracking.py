@@ -182,16 +182,22 @@ def tracked_run(
     *,
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    finished_on: tuple[type[BaseException], ...] = (),
 ) -> Iterator[RunHandle]:
     """Open an MLflow run for one stage execution and always close it.
 
     The run gets the flattened params, the source tags (:func:`source_tags`), the
-    stage tag and ``tags``. It ends FINISHED, FAILED (exception) or KILLED (Ctrl-C,
-    SIGTERM); the exception propagates.
+    stage tag and ``tags``; with ``parent_run_id`` it is nested under that run. It
+    ends FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM); exceptions of
+    the types in ``finished_on`` (a pruned trial) end it FINISHED. Exceptions
+    propagate.
     """
     client, uri = connect(params)
     experiment_id = _experiment_id(client, params.tracking.experiment, uri)
     all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(
         experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
     )
@@ -201,6 +207,8 @@ def tracked_run(
         with _interrupts_raise(handle):
             handle.log_params(params.flat())
             yield handle
+    except finished_on:
+        raise
     except BaseException as exc:
         error = exc
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):

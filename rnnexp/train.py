@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,8 @@ BEST, LAST = "best", "last"
 @dataclass
 class TrainResult:
     run_id: str
-    best_checkpoint: Path
-    last_checkpoint: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
     metrics: dict[str, float]
     epochs: int
 
@@ -61,9 +62,25 @@ def _progress_bar(setting: str) -> bool:
 
 
 def run_training(
-    params: Params, prepared_dir: str | Path = "data/prepared", out_dir: str | Path = "models"
+    params: Params,
+    prepared_dir: str | Path = "data/prepared",
+    out_dir: str | Path = "models",
+    *,
+    stage: str = "train",
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    on_run_start: Callable[[tracking.RunHandle], None] | None = None,
+    finished_on: tuple[type[BaseException], ...] = (),
+    save_checkpoints: bool = True,
 ) -> TrainResult:
     """Train the generator of ``params`` on the prepared data, tracked in MLflow.
+
+    The train stage calls it as is; the tune stage calls it per trial with the
+    trial's params, a pruning callback, the study's run as ``parent_run_id``, and
+    ``finished_on=(TrialPruned,)`` so that a pruned trial's run ends FINISHED.
+    Without ``save_checkpoints`` no checkpoint is written (the result's paths are
+    then None).
 
     Example:
         >>> result = run_training(load_params("params.yaml"))  # doctest: +SKIP
@@ -87,18 +104,30 @@ def run_training(
     }
     system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
 
-    tags = {"rnnexp.data_hash": meta["content_hash"], "rnnexp.arch": params.model.arch}
-    with tracking.tracked_run(params, "train", tags=tags) as run:
+    run_tags = {"rnnexp.data_hash": meta["content_hash"], "rnnexp.arch": params.model.arch}
+    with tracking.tracked_run(
+        params,
+        stage,
+        tags={**run_tags, **(tags or {})},
+        parent_run_id=parent_run_id,
+        finished_on=finished_on,
+    ) as run:
         system.run_id = run.run_id
-        checkpoints = ModelCheckpoint(
-            dirpath=out_dir,
-            filename=BEST,
-            monitor="val/bpd",
-            mode="min",
-            save_top_k=1,
-            save_last=True,
-            enable_version_counter=False,
-        )
+        if on_run_start is not None:
+            on_run_start(run)
+        extra: list[pl.Callback] = []
+        if save_checkpoints:
+            extra.append(
+                ModelCheckpoint(
+                    dirpath=out_dir,
+                    filename=BEST,
+                    monitor="val/bpd",
+                    mode="min",
+                    save_top_k=1,
+                    save_last=True,
+                    enable_version_counter=False,
+                )
+            )
         trainer = pl.Trainer(
             max_epochs=t.max_epochs,
             accelerator=t.accelerator,
@@ -107,10 +136,12 @@ def run_training(
             gradient_clip_val=t.grad_clip or None,
             logger=MlflowRunLogger(run, params.tracking.experiment),
             callbacks=[
-                checkpoints,
+                *extra,
                 NonFiniteLossGuard(),
                 SampleGrid(t.sample_every, t.sample_grid, prepared_dir=str(prepared_dir)),
+                *callbacks,
             ],
+            enable_checkpointing=save_checkpoints,
             plugins=[AtomicCheckpointIO()],
             num_sanity_val_steps=0,
             log_every_n_steps=1,  # metrics are logged per epoch; silences a warning
@@ -127,7 +158,9 @@ def run_training(
             "best/epoch": best["epoch"],
         }
         run.log_metrics(metrics)
-        best_path, last_path = out_dir / f"{BEST}.ckpt", out_dir / f"{LAST}.ckpt"
-        if params.tracking.log_checkpoint:
-            run.log_artifact(best_path, "checkpoints")
+        best_path = last_path = None
+        if save_checkpoints:
+            best_path, last_path = out_dir / f"{BEST}.ckpt", out_dir / f"{LAST}.ckpt"
+            if params.tracking.log_checkpoint:
+                run.log_artifact(best_path, "checkpoints")
     return TrainResult(run.run_id, best_path, last_path, metrics, len(system.history))

@@ -56,7 +56,13 @@ def make_project(dest: Path, overrides: dict) -> Path:
 def project(tmp_path_factory):
     repo = make_project(
         tmp_path_factory.mktemp("project"),
-        {"train.max_epochs": 3, "train.sample_every": 1, "evaluate.n_samples": 16},
+        {
+            "train.max_epochs": 3,
+            "train.sample_every": 1,
+            "evaluate.n_samples": 16,
+            "tune.n_trials": 2,
+            "tune.epochs": 2,
+        },
     )
     env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -80,8 +86,12 @@ def runs_by_stage(repo):
 
 def test_repro_writes_outputs_metrics_and_plots(project):
     repo, env, log = project
-    for stage in ("fetch", "prepare", "train", "evaluate"):
+    for stage in ("fetch", "prepare", "tune", "train", "evaluate"):
         assert f"Running stage '{stage}'" in log
+    tuned = yaml.safe_load((repo / "reports/best_params.yaml").read_text())
+    assert set(tuned["params"]) == {"train.lr", "model.hidden", "model.layers"}
+    trials = (repo / "reports/tune_trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 2
     assert (repo / "data/raw/dataset.npz").is_file()
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert meta["splits"] == {"train": 1437, "val": 180, "test": 180}
@@ -107,8 +117,12 @@ def test_every_stage_is_a_finished_mlflow_run_with_tags(project):
     assert {stage: len(r) for stage, r in by_stage.items()} == {
         "fetch": 1,
         "prepare": 1,
+        "tune": 1,
+        "trial": 2,
         "train": 1,
     }  # evaluate joins the model's run
+    (tune,) = by_stage["tune"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_stage["trial"]} == {tune.info.run_id}
     head = run(["git", "rev-parse", "HEAD"], repo, env).strip()
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     (train,) = by_stage["train"]
@@ -121,6 +135,10 @@ def test_every_stage_is_a_finished_mlflow_run_with_tags(project):
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert train.data.metrics["test/nll_nats"] == pytest.approx(metrics["test"]["nll_nats"])
     assert train.data.params["train.max_epochs"] == "3"
+    # the train stage trained the tuned configuration
+    tuned = yaml.safe_load((repo / "reports/best_params.yaml").read_text())["params"]
+    assert float(train.data.params["train.lr"]) == pytest.approx(tuned["train.lr"])
+    assert train.data.params["model.hidden"] == str(tuned["model.hidden"])
     steps = [m.step for m in client.get_metric_history(train.info.run_id, "val/bpd")]
     assert steps == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
@@ -138,7 +156,7 @@ def test_second_repro_is_a_no_op_and_evaluate_param_reruns_only_evaluate(project
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = run(["dvc", "repro"], repo, env)
     assert "Running stage 'evaluate'" in log
-    for stage in ("fetch", "prepare", "train"):
+    for stage in ("fetch", "prepare", "tune", "train"):
         assert f"Running stage '{stage}'" not in log
     _, after = runs_by_stage(repo)
     assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in before.items()}
