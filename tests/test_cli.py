@@ -70,11 +70,12 @@ def workdir(store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(workdir, store):
-    """Run the four stages in order; each stage's (status, stdout, stderr)."""
+    """Run the stages in order (tune with 0 trials); each stage's (status, stdout, stderr)."""
     results = {}
     for stage, extra in [
         ("fetch", []),
         ("prepare", []),
+        ("tune", sets(["tune.n_trials=0"])),
         ("train", sets(TRAIN_SET)),
         ("evaluate", sets(EVAL_SET)),
     ]:
@@ -133,8 +134,10 @@ def test_stages_write_their_outputs(pipeline, workdir):
     assert prepared == ["meta.json", "test.npz", "train.npz", "val.npz"]
     assert sorted(p.name for p in (workdir / "models").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert sorted(p.name for p in (workdir / "reports").iterdir()) == [
+        "best_params.yaml",
         "metrics.json",
         "samples.png",
+        "tune_trials.csv",
         "val_curve.csv",
     ]
     assert "fetch: 1797 images" in pipeline["fetch"][1]
