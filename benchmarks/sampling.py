@@ -18,7 +18,7 @@ Usage:
     python benchmarks/sampling.py                      # all three archs, naive in full
     python benchmarks/sampling.py --device cuda --threads 16
 
-Target (issue 4): cached sampling at least 100x faster than naive for the Row LSTM.
+Target (issue 3): cached sampling at least 100x faster than naive for the Row LSTM.
 """
 
 from __future__ import annotations

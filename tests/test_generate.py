@@ -1,10 +1,15 @@
 """Generation commands: sample by class, complete / translate images."""
 
+import json
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from rnnexp.checkpoint import load_checkpoint
 from rnnexp.cli import main
 from rnnexp.data.sources import load_images
 from rnnexp.data.tasks import build_source
@@ -128,3 +133,49 @@ def test_complete_refuses_class_models(tmp_path, capsys, flag):
     args = ["complete", "--checkpoint", str(cond), "--input", str(tmp_path / "x.png")]
     assert main(args + flag) == 2
     assert "class-conditional" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arch, task",
+    [("row_lstm", "class"), ("diagonal_bilstm", "completion"), ("pixelcnn", "upscale")],
+)
+def test_rgb_image_folder_through_every_stage(tmp_path, monkeypatch, mlflow_uri, arch, task):
+    """RGB images with class folders: fetch, prepare (task), tune (0), train, evaluate."""
+    rng = np.random.default_rng(0)
+    for k, colour in enumerate(([200, 30, 30], [30, 30, 200])):
+        (tmp_path / "images" / f"class{k}").mkdir(parents=True)
+        for n in range(20):
+            noisy = np.clip(np.array(colour) + rng.integers(-30, 30, (6, 6, 3)), 0, 255)
+            Image.fromarray(noisy.astype(np.uint8)).save(tmp_path / "images" / f"class{k}/{n}.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    overrides = [
+        "data.source=image-folder",
+        f"data.path={tmp_path / 'images'}",
+        "data.image_size=4",
+        "data.levels=4",
+        f"data.task={task}",
+        f"model.arch={arch}",
+        "model.hidden=6",
+        "model.layers=1",
+        "model.head_hidden=6",
+        "model.input_kernel=3",
+        "tune.n_trials=0",
+        "train.max_epochs=1",
+        "train.batch_size=8",
+        "train.sample_every=1",
+        "train.sample_grid=4",
+        "evaluate.n_samples=4",
+    ]
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    params = ["--params", str(Path(__file__).parents[1] / "params.yaml")]
+    for stage in ("fetch", "prepare", "tune", "train", "evaluate"):
+        assert main([stage, *params, *sets]) == 0, stage
+    meta = json.loads((tmp_path / "data/prepared/meta.json").read_text())
+    assert meta["shape"] == [3, 4, 4] and meta["task"] == task
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert math.isfinite(metrics["test"]["nll_nats"])
+    loaded = load_checkpoint(tmp_path / "models/best.ckpt")
+    assert loaded.generator.config.channels == 3
+    assert loaded.generator.config.num_classes == (2 if task == "class" else 0)
+    assert Image.open(tmp_path / "reports/samples.png").mode == "RGB"
