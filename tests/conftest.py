@@ -111,3 +111,60 @@ def trained(tmp_path_factory, prepared_dir, mlflow_uri, tiny_params):
         mp.chdir(out.parent)
         result = run_training(params, prepared_dir, out)
     return result, params
+
+
+POSTGRES_URL = "postgresql+psycopg://rnnexp:rnnexp@127.0.0.1:5432/rnnexp"
+
+
+@pytest.fixture
+def postgres_url():
+    """SQLAlchemy URL of a fresh PostgreSQL database, dropped after the test.
+
+    The server is ``RNNEXP_TEST_POSTGRES_URL`` (default: POSTGRES_URL, what
+    ``scripts/postgres`` sets up); its role needs CREATEDB. Skips when the server is
+    unreachable or psycopg is missing, except in CI with the URL set (``.ci/run`` set
+    the server up, so a failure to reach it is a broken setup): there it fails.
+    """
+    import os
+    import secrets
+
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("RNNEXP_TEST_POSTGRES_URL", POSTGRES_URL)
+    must_run = os.environ.get("CI") == "true" and "RNNEXP_TEST_POSTGRES_URL" in os.environ
+    give_up = pytest.fail if must_run else pytest.skip
+    how = "start one with `sudo bash scripts/postgres` or set RNNEXP_TEST_POSTGRES_URL"
+    try:
+        import psycopg
+    except ImportError:
+        give_up(f"psycopg missing (pip install -e .[postgres]); PostgreSQL tests need {url}")
+    u = make_url(url)
+    connect = dict(
+        host=u.host or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username,
+        password=u.password,
+        connect_timeout=3,
+        autocommit=True,  # CREATE/DROP DATABASE cannot run in a transaction
+    )
+    try:
+        admin = psycopg.connect(dbname=u.database or "postgres", **connect)
+    except psycopg.OperationalError as e:
+        give_up(f"no PostgreSQL server at {u.render_as_string()} ({e}); {how}")
+    name = f"rnnexp_test_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        server_version = admin.info.server_version
+    try:
+        yield u.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(dbname=u.database or "postgres", **connect) as admin:
+            if server_version >= 130000:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            else:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
