@@ -126,6 +126,7 @@ def _cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     out = Path(args.out)
     samples_png = tracking.image_bytes(result.samples)
     atomic_write_bytes(out / "samples.png", samples_png)
+    atomic_write_bytes(out / "nll_heatmap.png", tracking.image_bytes(result.nll_heat_map))
     atomic_write_text(out / "val_curve.csv", _curve_csv(curve))
     atomic_write_json(out / "metrics.json", result.metrics)
 
@@ -136,6 +137,7 @@ def _cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     if run is not None:  # evaluation joins the model's run, as the compare view wants
         run.log_metrics(flat)
         run.log_image(result.samples, key="eval_samples")
+        run.log_image(result.nll_heat_map, key="nll_heatmap")
         run.log_artifact(out / "metrics.json", "evaluate")
         run.set_tags({"rnnexp.evaluated": "true"})
         where = f"model run {run.run_id}"

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from rnnexp.checkpoint import load_checkpoint
 from rnnexp.config import EvaluateParams
 from rnnexp.data.prepare import read_arrays, read_meta, read_split
-from rnnexp.data.tasks import source_to_float
+from rnnexp.data.tasks import source_to_float, visible_mask
 from rnnexp.errors import RnnexpError
 from rnnexp.generate import TaskInfo, sample_picture
 
@@ -45,20 +46,20 @@ def independent_pixel_nll(train: np.ndarray, test: np.ndarray, levels: int) -> f
 
 
 @torch.no_grad()
-def model_nll(
+def pixel_nll(
     generator: torch.nn.Module,
     images: np.ndarray,
     batch_size: int,
     labels: np.ndarray | None = None,
     source: np.ndarray | None = None,
-) -> float:
-    """Mean NLL in nats/image of level-index images (N, C, H, W) under the generator.
+) -> np.ndarray:
+    """NLL in nats of every sub-pixel (N, C, H, W) given all before it (and conditioning).
 
     ``labels`` (N,) and ``source`` (N, S, Hs, Ws) float in [-1, 1] are the
-    conditioning inputs of conditional generators (conditional NLL).
+    conditioning inputs of conditional generators.
     """
     generator.eval()
-    total = 0.0
+    parts = []
     for start in range(0, len(images), batch_size):
         part = slice(start, start + batch_size)
         x = torch.from_numpy(images[part].astype(np.int64))
@@ -67,8 +68,48 @@ def model_nll(
             cond["labels"] = torch.from_numpy(labels[part].astype(np.int64))
         if source is not None:
             cond["source"] = torch.from_numpy(source[part])
-        total += float(generator.nll(x, **cond).sum())
-    return total / len(images)
+        logits = generator(x, **cond)  # (B, L, C, H, W)
+        parts.append(F.cross_entropy(logits, x, reduction="none").double().numpy())
+    return np.concatenate(parts)
+
+
+def model_nll(
+    generator: torch.nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+) -> float:
+    """Mean NLL in nats/image of level-index images (N, C, H, W) under the generator."""
+    nll = pixel_nll(generator, images, batch_size, labels, source)
+    return float(nll.sum(axis=(1, 2, 3)).mean())
+
+
+def hidden_region(config: Any, task: TaskInfo, arrays: dict) -> np.ndarray | None:
+    """Where completion is scored (N, 1, H, W), True = hidden; None if not exact here.
+
+    Under raster order the NLL of the hidden lower half given the visible upper half
+    is exact for any generator: it is the sum of the lower half's per-pixel NLLs. A
+    completion model conditioned on a source sees the visible part of any region.
+    """
+    images = arrays["images"]
+    if config.source_channels:
+        if task.task != "completion":
+            return None
+        return ~visible_mask(arrays["source"])
+    if config.num_classes:
+        return None
+    hidden = np.zeros((len(images), 1, *images.shape[2:]), dtype=bool)
+    hidden[:, :, images.shape[2] // 2 :] = True
+    return hidden
+
+
+def heat_map(per_pixel: np.ndarray, scale: int = 16) -> Image.Image:
+    """A (H, W) map as a black-red-yellow-white picture, each pixel ``scale`` wide."""
+    t = (per_pixel - per_pixel.min()) / max(float(np.ptp(per_pixel)), 1e-12)
+    rgb = np.clip(np.stack([3 * t, 3 * t - 1, 3 * t - 2], axis=-1), 0, 1)  # (H, W, 3)
+    pixels = np.rint(rgb * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+    return Image.fromarray(pixels, mode="RGB")
 
 
 def conditioning_arrays(config: Any, arrays: dict, levels: int) -> dict[str, np.ndarray]:
@@ -85,6 +126,7 @@ def conditioning_arrays(config: Any, arrays: dict, levels: int) -> dict[str, np.
 class Evaluation:
     metrics: dict[str, dict[str, float]]  # nested by group, as DVC metrics
     samples: Image.Image
+    nll_heat_map: Image.Image
     curve: list[dict[str, float]]
     run_id: str | None
 
@@ -113,7 +155,8 @@ def evaluate_checkpoint(
         )
     dims = math.prod(data_shape)
     cond = conditioning_arrays(config, test_arrays, meta["levels"])
-    nll = model_nll(loaded.generator, test, params.batch_size, **cond)
+    per_pixel = pixel_nll(loaded.generator, test, params.batch_size, **cond)  # (N, C, H, W)
+    nll = float(per_pixel.sum(axis=(1, 2, 3)).mean())
     baseline = independent_pixel_nll(train, test, meta["levels"])
     task = TaskInfo.from_data_info(loaded.data)
     picture = sample_picture(
@@ -124,9 +167,18 @@ def evaluate_checkpoint(
         "baseline": {"nll_nats": baseline, "bpd": bits_per_dim(baseline, dims)},
         "train": {"epochs": len(loaded.history), "checkpoint_epoch": loaded.epoch},
     }
+    hidden = hidden_region(config, task, test_arrays)
+    if hidden is not None:
+        hidden_dims = hidden.sum(axis=(1, 2, 3)) * data_shape[0]  # sub-pixels per image
+        hidden_nll = (per_pixel * hidden).sum(axis=(1, 2, 3))
+        metrics["completion"] = {
+            "hidden_nll_nats": float(hidden_nll.mean()),
+            "hidden_bpd": float((hidden_nll / (hidden_dims * math.log(2))).mean()),
+        }
     return Evaluation(
         metrics=metrics,
         samples=picture,
+        nll_heat_map=heat_map(per_pixel.mean(axis=(0, 1))),
         curve=loaded.history,
         run_id=loaded.run_id,
     )

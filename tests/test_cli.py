@@ -136,6 +136,7 @@ def test_stages_write_their_outputs(pipeline, workdir):
     assert sorted(p.name for p in (workdir / "reports").iterdir()) == [
         "best_params.yaml",
         "metrics.json",
+        "nll_heatmap.png",
         "samples.png",
         "tune_trials.csv",
         "val_curve.csv",

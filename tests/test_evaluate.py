@@ -70,7 +70,7 @@ def evaluation(trained, prepared_dir):
 def test_evaluate_checkpoint_metrics(trained, prepared_dir, evaluation):
     result, params = trained
     metrics = evaluation.metrics
-    assert set(metrics) == {"test", "baseline", "train"}
+    assert set(metrics) == {"test", "baseline", "train", "completion"}
     test, _ = read_split(prepared_dir, "test")
     train, _ = read_split(prepared_dir, "train")
     dims = 64
@@ -83,6 +83,10 @@ def test_evaluate_checkpoint_metrics(trained, prepared_dir, evaluation):
     baseline = independent_pixel_nll(train, test, 17)
     assert metrics["baseline"]["nll_nats"] == pytest.approx(baseline, rel=1e-12)
     assert metrics["baseline"]["bpd"] == pytest.approx(baseline / (dims * math.log(2)))
+    # completion: the lower half's NLL given the upper half is part of the image NLL
+    hidden = metrics["completion"]["hidden_nll_nats"]
+    assert 0 < hidden < metrics["test"]["nll_nats"]
+    assert metrics["completion"]["hidden_bpd"] == pytest.approx(hidden / (32 * math.log(2)))
     # both beat a uniform guess over 17 levels
     uniform = dims * math.log(17)
     assert metrics["test"]["nll_nats"] < uniform and metrics["baseline"]["nll_nats"] < uniform
@@ -207,3 +211,31 @@ def test_foreign_and_mismatched_checkpoints_are_refused(trained, tmp_path):
     torch.save(raw, mismatched)
     with pytest.raises(RnnexpError, match="does not match the generator"):
         load_checkpoint(mismatched)
+
+
+def test_pixel_nll_sums_to_image_nll_and_hidden_region_is_lower_half():
+    from rnnexp.evaluate import hidden_region, pixel_nll
+    from rnnexp.generate import TaskInfo
+    from rnnexp.models.generator import GeneratorConfig, PixelRNN
+
+    torch.manual_seed(0)
+    model = PixelRNN(GeneratorConfig(levels=5, hidden=4, layers=1, head_hidden=4)).eval()
+    images = np.random.default_rng(0).integers(0, 5, (7, 1, 6, 4)).astype(np.uint8)
+    per_pixel = pixel_nll(model, images, batch_size=3)
+    with torch.no_grad():
+        expected = model.nll(torch.from_numpy(images.astype(np.int64))).double().numpy()
+    np.testing.assert_allclose(per_pixel.sum(axis=(1, 2, 3)), expected, rtol=1e-6)
+    hidden = hidden_region(model.config, TaskInfo(), {"images": images})
+    assert hidden.shape == (7, 1, 6, 4)
+    assert not hidden[:, :, :3].any() and hidden[:, :, 3:].all()
+    classy = PixelRNN(GeneratorConfig(levels=5, hidden=4, layers=1, head_hidden=4, num_classes=2))
+    assert hidden_region(classy.config, TaskInfo("class"), {"images": images}) is None
+
+
+def test_heat_map_runs_from_black_to_white():
+    from rnnexp.evaluate import heat_map
+
+    picture = np.asarray(heat_map(np.array([[0.0, 1.0], [2.0, 3.0]]), scale=4))
+    assert picture.shape == (8, 8, 3)
+    assert picture[0, 0].tolist() == [0, 0, 0] and picture[7, 7].tolist() == [255, 255, 255]
+    assert picture[0, 4].tolist() == [255, 0, 0]  # a third of the way: red
