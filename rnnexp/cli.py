@@ -234,6 +234,16 @@ def _cmd_complete(args: argparse.Namespace, params: Params) -> None:
     print(f"complete: {len(outputs)} images ({columns}) -> {args.out}")
 
 
+def _cmd_compare(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp.compare import compare_runs
+
+    sys.stdout.write(
+        compare_runs(
+            params, args.run_ids, experiment=args.experiment, dvc_exp=args.dvc_exp, fmt=args.format
+        )
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnexp", description="PixelRNN experiments: DVC stages tracked in MLflow."
@@ -294,6 +304,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--out", default="completions.png")
+    p = stage("compare", "compare train runs side by side: key params and metrics", _cmd_compare)
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="default: the experiment's runs")
+    p.add_argument("--experiment", metavar="NAME", help="default: tracking.experiment")
+    p.add_argument("--dvc-exp", metavar="NAME", help="only runs of this DVC experiment")
+    p.add_argument("--format", choices=["text", "csv", "markdown"], default="text")
     return parser
 
 

@@ -241,3 +241,104 @@ def image_bytes(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- Reading runs back (rnnexp.compare): plain dicts, so callers need no mlflow import.
+
+_SEARCH_PAGE = 1000  # the most runs one search_runs call may return
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    info, data = run.info, run.data
+    return {
+        "run_id": info.run_id,
+        "run_name": info.run_name or "",
+        "experiment_id": info.experiment_id,
+        "status": info.status,
+        "start_time": info.start_time,  # ms since the epoch
+        "end_time": info.end_time,
+        "tags": dict(data.tags),
+        "params": dict(data.params),
+        "metrics": dict(data.metrics),  # latest value of each metric
+    }
+
+
+def find_runs(
+    params_or_uri: Params | str,
+    run_ids: list[str] | None = None,
+    experiment: str | None = None,
+    dvc_exp: str | None = None,
+    stage: str | None = "train",
+) -> list[dict[str, Any]]:
+    """Runs of a store as plain dicts, for comparison tables.
+
+    Each dict has ``run_id``, ``run_name``, ``experiment_id``, ``status``,
+    ``start_time``/``end_time`` (ms since the epoch), ``tags``, ``params`` (strings,
+    as logged) and ``metrics`` (latest value of each key).
+
+    Args:
+        params_or_uri: params (their store: :func:`tracking_uri`; their experiment
+            ``tracking.experiment`` is the default) or a tracking URI (default
+            experiment: ``rnnexp``).
+        run_ids: exactly these runs, in this order, whatever their stage or
+            experiment; an unknown or deleted id raises :class:`RnnexpError`.
+            Cannot be combined with ``experiment`` or ``dvc_exp``.
+        experiment: the experiment to search (default: see ``params_or_uri``).
+        dvc_exp: only runs tagged ``rnnexp.dvc_exp`` with this DVC experiment name.
+        stage: only runs tagged ``rnnexp.stage`` with this stage (None: any stage).
+
+    Returns:
+        The selected runs; without ``run_ids``, the active runs of the experiment,
+        newest first.
+
+    Example:
+        >>> runs = find_runs("sqlite:///mlflow.db", dvc_exp="gawky-bump")  # doctest: +SKIP
+        >>> [r["metrics"].get("test/bpd") for r in runs]  # doctest: +SKIP
+    """
+    from rnnexp.errors import RnnexpError
+
+    if isinstance(params_or_uri, Params):
+        uri = tracking_uri(params_or_uri)
+        default_experiment = params_or_uri.tracking.experiment
+    else:
+        uri = params_or_uri
+        default_experiment = Params().tracking.experiment
+    client = MlflowClient(tracking_uri=uri)
+
+    if run_ids:
+        if experiment is not None or dvc_exp is not None:
+            raise RnnexpError("select runs by run id or by experiment/DVC experiment, not both")
+        runs = []
+        for run_id in run_ids:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                raise RnnexpError(f"run {run_id!r} not found in the MLflow store {uri}") from None
+            if run.info.lifecycle_stage == "deleted":
+                raise RnnexpError(f"run {run_id!r} is deleted in the MLflow store {uri}")
+            runs.append(_run_dict(run))
+        return runs
+
+    name = experiment or default_experiment
+    found = client.get_experiment_by_name(name)
+    if found is None or found.lifecycle_stage == "deleted":
+        raise RnnexpError(f"experiment {name!r} not found in the MLflow store {uri}")
+    wanted = {"rnnexp.stage": stage, "rnnexp.dvc_exp": dvc_exp}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    # The store filters on values a filter string can quote; all are checked again below.
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in wanted.items() if not set("'\"\\`") & set(v)]
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string=" and ".join(clauses),
+            order_by=["attributes.start_time DESC"],
+            max_results=_SEARCH_PAGE,
+            page_token=token,
+        )
+        for run in page:
+            if all(run.data.tags.get(k) == v for k, v in wanted.items()):
+                runs.append(_run_dict(run))
+        token = page.token
+        if not token:
+            return runs
