@@ -1,11 +1,16 @@
-"""Time the default pipeline on digits: a fresh `dvc repro` and a no-op one.
+"""Time the default pipeline on digits: a fresh `dvc repro`, a no-op one, evaluate.
 
 Clones the committed HEAD of this repository into a scratch folder, so it measures
-what a new user gets. Prints the wall-clock times and the test NLL.
+what a new user gets. Prints the wall-clock times, the test NLL and the sample
+scores of the evaluate stage, then times `rnnexp evaluate` again on its own (a
+fresh process each time, as `dvc repro` runs it).
 
-Usage: python benchmarks/pipeline.py [--keep]
-Targets (issue 2): fresh repro <= 300 s on 2 cores, test NLL <= 85 nats/image;
-no-op repro <= 5 s.
+Usage: python benchmarks/pipeline.py [--keep] [--evaluate-runs N]
+Targets: fresh repro <= 300 s on 2 cores (issue 2; <= 480 s with tune, issue 4),
+test NLL <= 85 nats/image (issue 2; <= 80 with tune, issue 4); no-op repro <= 5 s;
+evaluate incl. classifier scores over 1,000 samples <= 60 s, Frechet distance of
+the model's samples <= half the per-pixel baseline's, classifier test accuracy
+>= 95% (issue 5).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the scratch clone")
+    parser.add_argument("--evaluate-runs", type=int, default=3, help="timed evaluate runs")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="rnnexp-bench-"))
     repo = scratch / "repo"
@@ -45,6 +51,7 @@ def main() -> None:
         fresh = timed(["dvc", "repro"], repo, env)
         noop = [timed(["dvc", "repro"], repo, env) for _ in range(3)]
         metrics = json.loads((repo / "reports/metrics.json").read_text())
+        evaluate = [timed(["rnnexp", "evaluate"], repo, env) for _ in range(args.evaluate_runs)]
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -54,6 +61,20 @@ def main() -> None:
     test, base = metrics["test"], metrics["baseline"]
     print(f"test NLL: {test['nll_nats']:.2f} nats/image, {test['bpd']:.4f} bits/dim (target <= 85)")
     print(f"independent-per-pixel baseline: {base['nll_nats']:.2f} nats/image")
+    sample, scorer = metrics["sample"], metrics["classifier"]
+    ratio = sample["frechet"] / base["frechet"]
+    print(
+        f"Frechet distance over {sample['samples']} samples: model {sample['frechet']:.2f}, "
+        f"per-pixel baseline {base['frechet']:.2f}, ratio {ratio:.3f} (target <= 0.5); "
+        f"real train vs test {scorer['real_train_frechet']:.2f}"
+    )
+    print(f"classifier test accuracy: {scorer['test_accuracy']:.4f} (target >= 0.95)")
+    print(f"completion accuracy (lower halves drawn): {metrics['completion']['accuracy']:.4f}")
+    if evaluate:
+        print(
+            f"rnnexp evaluate, {len(evaluate)} runs: median {statistics.median(evaluate):.1f} s, "
+            f"max {max(evaluate):.1f} s (target <= 60)"
+        )
 
 
 if __name__ == "__main__":

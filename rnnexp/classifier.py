@@ -41,15 +41,21 @@ from rnnexp.errors import DataError, RnnexpError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "ClassifierUnavailable",
     "SmallCNN",
     "accuracy",
     "load_classifier",
     "save_classifier",
+    "save_unavailable",
     "train_classifier",
 ]
 
 CHECKPOINT_FORMAT = "rnnexp-classifier"
 CHECKPOINT_VERSION = 1
+
+
+class ClassifierUnavailable(RnnexpError):
+    """The classifier stage found no way to train a classifier on this data (no labels)."""
 
 
 class SmallCNN(nn.Module):
@@ -262,10 +268,29 @@ def save_classifier(model: SmallCNN, info: dict[str, Any], path: str | os.PathLi
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def save_unavailable(reason: str, data_hash: str, path: str | os.PathLike[str]) -> None:
+    """Write, in place of a classifier, why none could be trained on this data.
+
+    The classifier stage always writes its output (DVC expects it); for unlabelled
+    data it is this marker, and :func:`load_classifier` raises
+    :class:`ClassifierUnavailable` with the reason, so evaluate skips the scores.
+    """
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "unavailable": str(reason),
+        "info": {"data_hash": data_hash},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def load_classifier(path: str | os.PathLike[str]) -> tuple[SmallCNN, dict[str, Any]]:
     """Read a classifier written by :func:`save_classifier`: (model in eval mode, info).
 
     Raises:
+        ClassifierUnavailable: the file is the marker of :func:`save_unavailable`.
         RnnexpError: the file is missing, unreadable, refused by the safe loader
             (a pickle that would run code), or not a classifier checkpoint of this
             code — with the path in the message.
@@ -292,6 +317,8 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[SmallCNN, dict[str, A
             f"{path}: classifier checkpoint version {raw.get('version')!r}, this code reads "
             f"version {CHECKPOINT_VERSION}; retrain the classifier"
         )
+    if "unavailable" in raw:
+        raise ClassifierUnavailable(f"{path}: no classifier: {raw['unavailable']}")
     try:
         model = SmallCNN(**raw["config"])
         model.load_state_dict(raw["state_dict"])

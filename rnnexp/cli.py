@@ -18,6 +18,8 @@ from pathlib import Path
 from rnnexp.config import Params, load_params
 from rnnexp.errors import RnnexpError
 
+CLASSIFIER_SEED = 0  # the scoring classifier is fixed per dataset, not per experiment
+
 
 def _cmd_fetch(args: argparse.Namespace, params: Params) -> None:
     from rnnexp import tracking
@@ -95,6 +97,35 @@ def _cmd_tune(args: argparse.Namespace, params: Params) -> None:
     )
 
 
+def _cmd_classifier(args: argparse.Namespace, params: Params) -> None:
+    from rnnexp import tracking
+    from rnnexp.classifier import save_classifier, save_unavailable, train_classifier
+    from rnnexp.data.prepare import read_meta
+
+    meta = read_meta(args.prepared)
+    if not meta.get("has_labels") or not meta.get("num_classes"):
+        reason = f"{args.prepared} has no labels (sample scores need labelled data)"
+        save_unavailable(reason, meta["content_hash"], args.out)
+        print(f"classifier: none trained: {reason} -> {args.out}")
+        return
+    tags = {"rnnexp.data_hash": meta["content_hash"]}
+    with tracking.tracked_run(params, "classifier", tags=tags) as run:
+        model, info = train_classifier(
+            args.prepared, epochs=params.evaluate.classifier_epochs, seed=CLASSIFIER_SEED
+        )
+        save_classifier(model, info, args.out)
+        run.log_metrics(
+            {
+                f"classifier/{k}": info[k]
+                for k in ("test_accuracy", "val_accuracy", "best_epoch")
+                if info[k] is not None
+            }
+        )
+    accuracy = info["test_accuracy"]
+    shown = "n/a (empty test split)" if accuracy is None else f"{accuracy:.4f}"
+    print(f"classifier: test accuracy {shown} -> {args.out}")
+
+
 def _cmd_train(args: argparse.Namespace, params: Params) -> None:
     from rnnexp.train import run_training
 
@@ -117,26 +148,26 @@ def _cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     from rnnexp import tracking
     from rnnexp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
     from rnnexp.checkpoint import load_checkpoint
-    from rnnexp.evaluate import evaluate_checkpoint
+    from rnnexp.evaluate import evaluate_checkpoint, flat_metrics
 
-    result = evaluate_checkpoint(args.checkpoint, args.prepared, params.evaluate)
+    result = evaluate_checkpoint(args.checkpoint, args.prepared, params.evaluate, args.classifier)
     # The full curve lives in the last checkpoint; the best one stops at its epoch.
     last = Path(args.checkpoint).with_name("last.ckpt")
     curve = load_checkpoint(last).history if last.is_file() else result.curve
     out = Path(args.out)
     samples_png = tracking.image_bytes(result.samples)
     atomic_write_bytes(out / "samples.png", samples_png)
+    atomic_write_bytes(out / "completions.png", tracking.image_bytes(result.completions))
     atomic_write_bytes(out / "nll_heatmap.png", tracking.image_bytes(result.nll_heat_map))
     atomic_write_text(out / "val_curve.csv", _curve_csv(curve))
     atomic_write_json(out / "metrics.json", result.metrics)
 
-    flat = {
-        f"{group}/{k}": v for group, values in result.metrics.items() for k, v in values.items()
-    }
+    flat = flat_metrics(result.metrics)
     run = tracking.open_existing_run(params, result.run_id)
     if run is not None:  # evaluation joins the model's run, as the compare view wants
         run.log_metrics(flat)
         run.log_image(result.samples, key="eval_samples")
+        run.log_image(result.completions, key="eval_completions")
         run.log_image(result.nll_heat_map, key="nll_heatmap")
         run.log_artifact(out / "metrics.json", "evaluate")
         run.set_tags({"rnnexp.evaluated": "true"})
@@ -152,6 +183,13 @@ def _cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
         f"evaluate: test NLL {test['nll_nats']:.2f} nats/image ({test['bpd']:.4f} bits/dim), "
         f"baseline {base['nll_nats']:.2f}; logged to {where}"
     )
+    if "sample" in result.metrics:
+        print(
+            f"evaluate: Frechet distance {result.metrics['sample']['frechet']:.2f} over "
+            f"{result.metrics['sample']['samples']} samples, baseline {base['frechet']:.2f}"
+        )
+    for note in result.notes:
+        print(f"evaluate: {note}")
 
 
 def _cmd_sample(args: argparse.Namespace, params: Params) -> None:
@@ -274,6 +312,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--out", default="reports")
     p.add_argument("--workers", type=int, default=None, help="worker processes (tune.workers)")
+    p = stage(
+        "classifier",
+        "train the scoring classifier of the prepared data (sample scores); models/",
+        _cmd_classifier,
+    )
+    p.add_argument("--prepared", default="data/prepared")
+    p.add_argument("--out", default="models/classifier.pt")
     p = stage("train", "train the generator; checkpoints under models/", _cmd_train)
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--out", default="models")
@@ -281,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("evaluate", "score the best checkpoint; reports/", _cmd_evaluate)
     p.add_argument("--checkpoint", default="models/best.ckpt")
     p.add_argument("--prepared", default="data/prepared")
+    p.add_argument(
+        "--classifier",
+        default="models/classifier.pt",
+        help="scoring classifier (classifier stage); without it sample scores are skipped",
+    )
     p.add_argument("--out", default="reports")
     p = stage("sample", "write a PNG grid of samples from a checkpoint", _cmd_sample)
     p.add_argument("--checkpoint", default="models/best.ckpt")

@@ -140,7 +140,7 @@ class EvaluateParams:
     temperature: float = _param(1.0, _range(0.0, 100.0, open_low=True), "sampling temperature")
     batch_size: int = _param(256, _range(1, 65536), "images per batch when scoring")
     score_samples: int = _param(1000, _range(0, 1000000), "samples scored by the classifier")
-    classifier_epochs: int = _param(15, _range(1, 10000), "epochs of the scoring classifier")
+    classifier_epochs: int = _param(20, _range(1, 10000), "epochs of the scoring classifier")
 
 
 @dataclass(frozen=True)

@@ -101,13 +101,15 @@ def translate(
     sources: np.ndarray | None = None,
     seed: int = 0,
     temperature: float = 1.0,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs for image-to-image work; returns (sources, outputs) as uint8 levels.
 
     Either ``targets`` (N, C, H, W) are given and their sources are built as the
     prepare stage builds them (occluded, noisy or downsampled, seeded by ``seed``),
     or ``sources`` are given directly. An unconditional generator completes the
-    visible part of each target instead (its visible pixels are kept fixed).
+    visible part of each target instead (its visible pixels are kept fixed); a
+    class-conditional one completes it as the class of ``labels`` (N,).
     """
     config = generator.config
     levels, channels = config.levels, config.channels
@@ -135,6 +137,7 @@ def translate(
             width,
             seed=seed,
             temperature=temperature,
+            labels=None if labels is None else torch.as_tensor(labels, dtype=torch.long),
             known=known,
             known_mask=visible.contiguous(),
         )

@@ -36,7 +36,7 @@ TRAIN_SET = [
     "train.sample_every=1",
     "train.sample_grid=4",
 ]
-EVAL_SET = ["evaluate.n_samples=6", "evaluate.seed=3"]
+EVAL_SET = ["evaluate.n_samples=6", "evaluate.seed=3", "evaluate.score_samples=300"]
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -76,6 +76,7 @@ def pipeline(workdir, store):
         ("fetch", []),
         ("prepare", []),
         ("tune", sets(["tune.n_trials=0"])),
+        ("classifier", sets(["evaluate.classifier_epochs=4"])),
         ("train", sets(TRAIN_SET)),
         ("evaluate", sets(EVAL_SET)),
     ]:
@@ -132,9 +133,14 @@ def test_stages_write_their_outputs(pipeline, workdir):
     ]
     prepared = sorted(p.name for p in (workdir / "data" / "prepared").iterdir())
     assert prepared == ["meta.json", "test.npz", "train.npz", "val.npz"]
-    assert sorted(p.name for p in (workdir / "models").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (workdir / "models").iterdir()) == [
+        "best.ckpt",
+        "classifier.pt",
+        "last.ckpt",
+    ]
     assert sorted(p.name for p in (workdir / "reports").iterdir()) == [
         "best_params.yaml",
+        "completions.png",
         "metrics.json",
         "nll_heatmap.png",
         "samples.png",
@@ -154,6 +160,29 @@ def test_metrics_json_is_nested_with_nll_and_bpd(pipeline, workdir):
         nats, bpd = metrics[group]["nll_nats"], metrics[group]["bpd"]
         assert 0 < nats < 64 * math.log(17)  # better than uniform over 17 levels
         assert bpd == pytest.approx(nats / (64 * math.log(2)), rel=1e-12)
+
+
+def test_metrics_json_has_sample_scores_of_the_stage_classifier(pipeline, workdir):
+    from rnnexp.classifier import load_classifier
+
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    _, info = load_classifier(workdir / "models" / "classifier.pt")
+    assert info["epochs"] == 4  # evaluate.classifier_epochs of the classifier stage
+    assert metrics["classifier"]["test_accuracy"] == info["test_accuracy"]
+    assert f"classifier: test accuracy {info['test_accuracy']:.4f}" in pipeline["classifier"][1]
+    assert metrics["sample"]["samples"] == 300  # evaluate.score_samples
+    # real train images sit far closer to real test images than per-pixel noise does
+    floor, baseline = metrics["classifier"]["real_train_frechet"], metrics["baseline"]["frechet"]
+    assert 0 < floor < baseline / 10
+    assert 0 < metrics["sample"]["frechet"]
+    # digits have labels: an unconditional model's completions of test images are scored
+    assert 0 <= metrics["completion"]["accuracy"] <= 1
+    assert f"over 300 samples, baseline {baseline:.2f}" in pipeline["evaluate"][1]
+
+
+def test_completions_png_is_rows_of_source_output_target(pipeline, workdir):
+    with Image.open(workdir / "reports" / "completions.png") as image:
+        assert image.size == (3 * 34 + 2, 6 * 34 + 2)  # 6 test images, 3 columns
 
 
 def test_val_curve_has_one_row_per_epoch(pipeline, workdir):
@@ -180,6 +209,8 @@ def test_evaluate_logs_into_the_model_run(pipeline, workdir, store, model_run_id
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     assert run.data.metrics["test/nll_nats"] == metrics["test"]["nll_nats"]
     assert run.data.metrics["baseline/bpd"] == metrics["baseline"]["bpd"]
+    assert run.data.metrics["sample/frechet"] == metrics["sample"]["frechet"]
+    assert run.data.metrics["classifier/test_accuracy"] == metrics["classifier"]["test_accuracy"]
     assert run.data.tags["rnnexp.evaluated"] == "true"
     assert f"model run {model_run_id}" in pipeline["evaluate"][1]
     # and the train run has its curves per epoch
@@ -229,6 +260,51 @@ def test_sample_writes_the_requested_count_deterministically(pipeline, workdir):
     loaded = load_checkpoint(ckpt)
     images = sample_naive(loaded.generator, 5, 8, 8, generator=torch.Generator().manual_seed(3))
     assert np.array_equal(outputs["a"], np.asarray(make_grid(images.numpy(), 17)))
+
+
+def test_classifier_of_other_data_is_refused(pipeline, workdir, tmp_path):
+    from rnnexp.classifier import load_classifier, save_classifier
+
+    model, info = load_classifier(workdir / "models" / "classifier.pt")
+    other = tmp_path / "other.pt"
+    save_classifier(model, {**info, "data_hash": "0" * 64}, other)
+    code, _, err = run_cli("evaluate", "--classifier", str(other), "--out", "reports_other")
+    assert code == 2
+    assert str(other) in err and "other data" in err and "dvc repro classifier" in err
+    assert not (workdir / "reports_other").exists()
+
+
+def test_evaluate_without_classifier_skips_scores_and_says_so(pipeline, workdir):
+    code, out, err = run_cli(
+        "evaluate", "--classifier", "missing.pt", "--out", "reports_nocls", *sets(EVAL_SET)
+    )
+    assert code == 0, err
+    assert "sample scores skipped: missing.pt not found" in out
+    metrics = json.loads((workdir / "reports_nocls" / "metrics.json").read_text())
+    assert {"sample", "classifier"}.isdisjoint(metrics)
+    assert "frechet" not in metrics["baseline"]
+    first = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert metrics["test"] == first["test"]
+
+
+def test_classifier_stage_on_unlabelled_data_writes_a_marker(workdir, store, all_runs, tmp_path):
+    from rnnexp.classifier import ClassifierUnavailable, load_classifier
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(12):
+        Image.fromarray(rng.integers(0, 255, (4, 4), dtype=np.uint8)).save(folder / f"{n}.png")
+    data = sets(["data.source=image-folder", f"data.path={folder}", "data.levels=4"])
+    assert run_cli("fetch", *data, "--out", "raw_flat")[0] == 0
+    assert run_cli("prepare", *data, "--raw", "raw_flat", "--out", "prep_flat")[0] == 0
+    before = all_runs(store)
+    code, out, err = run_cli("classifier", "--prepared", "prep_flat", "--out", "flat/cls.pt")
+    assert code == 0, err
+    assert "none trained" in out and "has no labels" in out
+    with pytest.raises(ClassifierUnavailable, match="has no labels"):
+        load_classifier(workdir / "flat" / "cls.pt")
+    assert new_runs(store, all_runs, before) == []  # nothing was trained
 
 
 def test_sample_rejects_bad_count(workdir):

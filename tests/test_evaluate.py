@@ -6,16 +6,29 @@ import io
 import math
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from rnnexp.checkpoint import load_checkpoint
-from rnnexp.data.prepare import prepare, read_meta, read_split, write_prepared
+from rnnexp.classifier import train_classifier
+from rnnexp.config import EvaluateParams
+from rnnexp.data.prepare import prepare, read_arrays, read_meta, read_split, write_prepared
 from rnnexp.errors import RnnexpError
-from rnnexp.evaluate import bits_per_dim, evaluate_checkpoint, independent_pixel_nll, model_nll
+from rnnexp.evaluate import (
+    bits_per_dim,
+    evaluate_checkpoint,
+    flat_metrics,
+    independent_pixel_nll,
+    model_nll,
+    model_outputs,
+    quality_scores,
+)
+from rnnexp.generate import TaskInfo, generate
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
+from rnnexp.scores import classifier_features, frechet_distance, independent_pixel_samples
 
 # --------------------------------------------------------------------------- figures
 
@@ -239,3 +252,54 @@ def test_heat_map_runs_from_black_to_white():
     assert picture.shape == (8, 8, 3)
     assert picture[0, 0].tolist() == [0, 0, 0] and picture[7, 7].tolist() == [255, 255, 255]
     assert picture[0, 4].tolist() == [255, 0, 0]  # a third of the way: red
+
+
+# --------------------------------------------------------------------------- sample scores
+
+
+def test_flat_metrics_names_nested_groups_and_drops_missing_values():
+    groups = {"sample": {"frechet": 2, "per_class_accuracy": {"0": 0.5}}, "x": {"gone": None}}
+    assert flat_metrics(groups) == {"sample/frechet": 2.0, "sample/per_class_accuracy/0": 0.5}
+
+
+def test_model_outputs_ask_each_class_in_turn_and_repeat_by_seed():
+    torch.manual_seed(0)
+    config = GeneratorConfig(levels=5, hidden=4, layers=1, head_hidden=4, num_classes=3)
+    generator = PixelRNN(config).eval()
+    arrays = {"images": np.zeros((2, 1, 4, 4), np.uint8)}
+    params = EvaluateParams(score_samples=7, batch_size=3, seed=1)
+    images, labels = model_outputs(generator, TaskInfo(), arrays, params)
+    assert images.shape == (7, 1, 4, 4) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    again, _ = model_outputs(generator, TaskInfo(), arrays, params)
+    assert np.array_equal(images, again)
+    other, _ = model_outputs(generator, TaskInfo(), arrays, replace(params, seed=2))
+    assert not np.array_equal(images, other)
+    # chunk 0 (seed 1) is what the cached sampler draws for those classes and seed
+    first = generate(generator, 3, 4, 4, seed=1, labels=torch.tensor([0, 1, 2]))
+    assert np.array_equal(images[:3], first.numpy())
+
+
+def test_quality_scores_put_model_and_baseline_on_one_scale(trained, prepared_dir):
+    result, params = trained
+    classifier, info = train_classifier(prepared_dir, epochs=20, batch_size=16, seed=0)
+    loaded = load_checkpoint(result.best_checkpoint)
+    meta = read_meta(prepared_dir)
+    test = read_arrays(prepared_dir, "test", meta)
+    train, _ = read_split(prepared_dir, "train", meta)
+    settings = replace(params.evaluate, score_samples=50)
+    groups = quality_scores(loaded.generator, TaskInfo(), classifier, info, test, train, settings)
+    real = classifier_features(classifier, test["images"])
+    samples, _ = model_outputs(loaded.generator, TaskInfo(), test, settings)
+    assert groups["sample"] == {
+        "frechet": pytest.approx(frechet_distance(real, classifier_features(classifier, samples))),
+        "samples": 50,
+    }
+    baseline = independent_pixel_samples(train, 17, 50, settings.seed)
+    assert groups["baseline"]["frechet"] == pytest.approx(
+        frechet_distance(real, classifier_features(classifier, baseline))
+    )
+    assert groups["classifier"]["test_accuracy"] == info["test_accuracy"]
+    # the floor: real train images are much closer to the test images than the baseline
+    assert groups["classifier"]["real_train_frechet"] < groups["baseline"]["frechet"] / 2
+    assert 0 <= groups["completion"]["accuracy"] <= 1

@@ -166,10 +166,12 @@ def test_rgb_image_folder_through_every_stage(tmp_path, monkeypatch, mlflow_uri,
         "train.sample_every=1",
         "train.sample_grid=4",
         "evaluate.n_samples=4",
+        "evaluate.score_samples=8",
+        "evaluate.classifier_epochs=2",
     ]
     sets = [arg for o in overrides for arg in ("--set", o)]
     params = ["--params", str(Path(__file__).parents[1] / "params.yaml")]
-    for stage in ("fetch", "prepare", "tune", "train", "evaluate"):
+    for stage in ("fetch", "prepare", "tune", "classifier", "train", "evaluate"):
         assert main([stage, *params, *sets]) == 0, stage
     meta = json.loads((tmp_path / "data/prepared/meta.json").read_text())
     assert meta["shape"] == [3, 4, 4] and meta["task"] == task
@@ -179,3 +181,17 @@ def test_rgb_image_folder_through_every_stage(tmp_path, monkeypatch, mlflow_uri,
     assert loaded.generator.config.channels == 3
     assert loaded.generator.config.num_classes == (2 if task == "class" else 0)
     assert Image.open(tmp_path / "reports/samples.png").mode == "RGB"
+    # sample scores: classes asked for (class), the sources' labels (image-to-image)
+    sample = metrics["sample"]
+    test_images = meta["splits"]["test"]
+    assert sample["samples"] == (8 if task == "class" else min(8, test_images))
+    assert math.isfinite(sample["frechet"]) and math.isfinite(metrics["baseline"]["frechet"])
+    accuracy = "class_accuracy" if task == "class" else "translation_accuracy"
+    assert 0 <= sample[accuracy] <= 1
+    if task == "class":
+        assert set(sample["per_class_accuracy"]) == {"0", "1"}
+        mean = sum(sample["per_class_accuracy"].values()) / 2  # 4 samples of each class
+        assert sample["class_accuracy"] == pytest.approx(mean)
+    with Image.open(tmp_path / "reports/completions.png") as grid:
+        rows = min(4, test_images)  # evaluate.n_samples test images, one per row
+        assert grid.size == (3 * 34 + 2, rows * 34 + 2)  # 4x4 tiles enlarged to 32 px

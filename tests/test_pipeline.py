@@ -86,7 +86,7 @@ def runs_by_stage(repo):
 
 def test_repro_writes_outputs_metrics_and_plots(project):
     repo, env, log = project
-    for stage in ("fetch", "prepare", "tune", "train", "evaluate"):
+    for stage in ("fetch", "prepare", "tune", "classifier", "train", "evaluate"):
         assert f"Running stage '{stage}'" in log
     tuned = yaml.safe_load((repo / "reports/best_params.yaml").read_text())
     assert set(tuned["params"]) == {"train.lr", "model.hidden", "model.layers"}
@@ -104,8 +104,14 @@ def test_repro_writes_outputs_metrics_and_plots(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
     dvc_metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
     assert dvc_metrics["test"]["bpd"] == pytest.approx(metrics["test"]["bpd"])
+    # sample scores of the classifier stage's scorer, as DVC metrics columns
+    assert dvc_metrics["sample"]["frechet"] == pytest.approx(metrics["sample"]["frechet"])
+    assert dvc_metrics["sample"]["samples"] == 1000
+    assert metrics["sample"]["frechet"] < metrics["baseline"]["frechet"]
+    assert metrics["classifier"]["test_accuracy"] > 0.9
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo, env))
-    assert "reports/val_curve.csv" in json.dumps(plots)
+    for plot in ("val_curve.csv", "samples.png", "completions.png", "nll_heatmap.png"):
+        assert f"reports/{plot}" in json.dumps(plots)
     # DVC outputs are git-ignored, the store sits at the repo root.
     ignored = run(["git", "check-ignore", "data/raw", "models/best.ckpt", "mlflow.db"], repo, env)
     assert len(ignored.split()) == 3
@@ -119,6 +125,7 @@ def test_every_stage_is_a_finished_mlflow_run_with_tags(project):
         "prepare": 1,
         "tune": 1,
         "trial": 2,
+        "classifier": 1,
         "train": 1,
     }  # evaluate joins the model's run
     (tune,) = by_stage["tune"]
@@ -156,7 +163,7 @@ def test_second_repro_is_a_no_op_and_evaluate_param_reruns_only_evaluate(project
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = run(["dvc", "repro"], repo, env)
     assert "Running stage 'evaluate'" in log
-    for stage in ("fetch", "prepare", "tune", "train"):
+    for stage in ("fetch", "prepare", "tune", "classifier", "train"):
         assert f"Running stage '{stage}'" not in log
     _, after = runs_by_stage(repo)
     assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in before.items()}
