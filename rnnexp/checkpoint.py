@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,26 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
     path = Path(path)
     if not path.is_file():
         raise RnnexpError(f"{path}: checkpoint not found (run `dvc repro train` first)")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; anything else (a text file, a cut-off
+        # archive, a bare pickle) is not ours and is never handed to the unpickler.
+        raise RnnexpError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): not a complete "
+            "PyTorch zip archive"
+        )
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # torch's message starts with advice to retry with weights_only=False (which
+        # would run the file's code); keep only the line that says what was refused.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        what = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
         raise RnnexpError(
-            f"{path}: refused to load: not a plain-weights checkpoint ({first})"
+            f"{path}: refused to load: the checkpoint holds Python objects other than plain "
+            f"weights ({what or type(exc).__name__}); rnnexp loads checkpoints with "
+            "weights_only=True and never runs code from them"
         ) from None
-    except Exception as exc:  # torch's legacy (non-zip) reader raises KeyError and others
+    except Exception as exc:  # a damaged archive raises RuntimeError, KeyError and others
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RnnexpError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {first}"
@@ -75,6 +88,49 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         data=dict(info.get("data", {})),
         epoch=int(raw.get("epoch", 0)),
     )
+
+
+def check_fits_data(
+    loaded: LoadedCheckpoint, meta: dict[str, Any], checkpoint: str | Path, prepared_dir: str | Path
+) -> None:
+    """Refuse to score prepared data the checkpoint's generator was not built for.
+
+    Levels and image shape must match; a class-conditional model needs labelled data
+    with as many classes; an image-to-image model needs data prepared for its task
+    (the same conditioning source). ``meta`` is the prepared data's ``meta.json``.
+
+    Raises:
+        RnnexpError: naming the checkpoint, the data folder and each difference.
+    """
+    config = loaded.generator.config
+    model: list[str] = []
+    data: list[str] = []
+
+    def differ(of_model: str, of_data: str) -> None:
+        model.append(of_model)
+        data.append(of_data)
+
+    if config.levels != meta["levels"]:
+        differ(f"{config.levels} levels", f"{meta['levels']} levels")
+    data_shape = (meta["channels"], meta["height"], meta["width"])
+    if tuple(loaded.image_shape) != data_shape:
+        differ(f"images {tuple(loaded.image_shape)}", f"images {data_shape}")
+    if config.num_classes and (
+        not meta.get("has_labels") or meta.get("num_classes") != config.num_classes
+    ):
+        differ(f"{config.num_classes} classes", f"{meta.get('num_classes') or 'no'} classes")
+    if config.source_channels:
+        model_task = loaded.data.get("task", "an image-to-image task")
+        data_task = meta.get("task", "unconditional")
+        source = meta.get("source_shape") or [0]
+        if model_task != data_task or source[0] != config.source_channels:
+            differ(f"task {model_task!r}", f"task {data_task!r}")
+    if model:
+        raise RnnexpError(
+            f"{checkpoint}: the model does not fit the data in {prepared_dir}: it was trained "
+            f"for {', '.join(model)}, but the data has {', '.join(data)}; retrain "
+            "(dvc repro train) or point at the right data"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

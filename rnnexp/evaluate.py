@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rnnexp.checkpoint import load_checkpoint
+from rnnexp.checkpoint import check_fits_data, load_checkpoint
 from rnnexp.classifier import ClassifierUnavailable, SmallCNN, load_classifier
 from rnnexp.config import EvaluateParams
 from rnnexp.data.prepare import read_arrays, read_meta, read_split
@@ -344,14 +344,9 @@ def evaluate_checkpoint(
     """
     loaded = load_checkpoint(checkpoint)
     meta = read_meta(prepared_dir)
+    check_fits_data(loaded, meta, checkpoint, prepared_dir)
     data_shape = (meta["channels"], meta["height"], meta["width"])
     config = loaded.generator.config
-    if config.levels != meta["levels"] or tuple(loaded.image_shape) != data_shape:
-        raise RnnexpError(
-            f"{checkpoint}: the model was trained for {config.levels} levels and images "
-            f"{tuple(loaded.image_shape)}, but {prepared_dir} holds {meta['levels']} levels "
-            f"and images {data_shape}; retrain (dvc repro) or point at the right data"
-        )
     test_arrays = read_arrays(prepared_dir, "test", meta)
     test = test_arrays["images"]
     train, _ = read_split(prepared_dir, "train", meta)
