@@ -36,11 +36,12 @@ def _cmd_fetch(args: argparse.Namespace, params: Params) -> None:
 
 def _cmd_prepare(args: argparse.Namespace, params: Params) -> None:
     from rnnexp import tracking
-    from rnnexp.data.prepare import prepare, read_meta, write_prepared
+    from rnnexp.data.prepare import check_input, prepare, read_meta, write_prepared
     from rnnexp.data.sources import read_raw
 
     d = params.data
     raw = read_raw(args.raw)
+    check_input(raw, d.val_fraction, d.test_fraction, d.task)  # before a run opens
     with tracking.tracked_run(params, "prepare") as run:
         data = prepare(
             raw,

@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 
 from rnnexp import tracking
 from rnnexp.config import Params, with_overrides
+from rnnexp.data.datamodule import check_batch_size
 from rnnexp.data.prepare import read_meta
 from rnnexp.errors import ConfigError, RnnexpError
 
@@ -258,6 +259,8 @@ def run_tuning(
     meta = read_meta(prepared_dir)
     if t.n_trials == 0:
         return TuneResult("", {}, None, [], None)
+    # Every trial would fail on it; say so once, before a study or run is opened.
+    check_batch_size(meta["splits"]["train"], params.train.batch_size, prepared_dir)
     storage = open_storage(params, workers)  # refuses SQLite with several workers
     name = t.study_name or default_study_name(params, meta["content_hash"])
     study = optuna.create_study(

@@ -18,6 +18,23 @@ from rnnexp.data.tasks import source_to_float
 from rnnexp.errors import DataError
 
 
+def check_batch_size(n_train: int, batch_size: int, prepared_dir: str | Path) -> None:
+    """Refuse a train split smaller than one batch, naming train.batch_size and the split.
+
+    A batch size larger than the whole training split means the data or the batch
+    size is not what the user meant (e.g. a batch size tuned for another dataset),
+    so the stage stops before any run opens instead of training on one short batch.
+
+    Raises:
+        DataError: ``n_train < batch_size``.
+    """
+    if n_train < batch_size:
+        raise DataError(
+            f"{Path(prepared_dir) / 'train.npz'}: the train split has {n_train} images, fewer "
+            f"than train.batch_size={batch_size}; set train.batch_size to at most {n_train}"
+        )
+
+
 class SplitDataset(Dataset):
     """One prepared split as tensors; item ``k`` is a dict like a batch, for one image."""
 
@@ -54,12 +71,7 @@ class PreparedDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             if split not in self.datasets:
                 self.datasets[split] = SplitDataset(self.prepared_dir, split)
-        n_train = len(self.datasets["train"])
-        if n_train < self.batch_size:
-            raise DataError(
-                f"{self.prepared_dir / 'train.npz'}: the training split has {n_train} images, "
-                f"fewer than train.batch_size={self.batch_size}; lower train.batch_size"
-            )
+        check_batch_size(len(self.datasets["train"]), self.batch_size, self.prepared_dir)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)

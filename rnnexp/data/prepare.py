@@ -37,6 +37,7 @@ __all__ = [
     "META_FILE",
     "SPLITS",
     "PreparedData",
+    "check_input",
     "content_hash",
     "prepare",
     "quantize",
@@ -125,6 +126,56 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
+def check_input(
+    raw: RawDataset, val_fraction: float, test_fraction: float, task: str = "unconditional"
+) -> None:
+    """Refuse raw data that :func:`prepare` cannot split or build ``task`` from.
+
+    The prepare stage calls it before opening its MLflow run, so bad data stops the
+    stage before any work: a split that would get no image, labels outside the
+    class range, ``class`` without labels, ``upscale`` with odd image sides.
+
+    Raises:
+        DataError: naming the dataset and the param that does not fit it.
+        ValueError: fractions outside [0, 1) (params validation prevents these).
+    """
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
+    where = raw.origin or raw.source
+    n = len(raw.images)
+    n_test = int(round(test_fraction * n))
+    n_val = int(round(val_fraction * n))
+    sizes = {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+    fractions = {"train": 1.0, "val": val_fraction, "test": test_fraction}
+    empty = [s for s in SPLITS if sizes[s] < 1 and fractions[s] > 0]
+    if empty:
+        raise DataError(
+            f"dataset {where} is too small for the split fractions "
+            f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: {n} images "
+            f"give {sizes}, so the {', '.join(empty)} split would be empty; raise the fraction "
+            "or use more images"
+        )
+    if raw.labels is not None and n:
+        num_classes = len(raw.class_names) if raw.class_names else int(raw.labels.max()) + 1
+        if raw.labels.min() < 0 or raw.labels.max() >= num_classes:
+            raise DataError(f"dataset {where} has labels outside 0..{num_classes - 1}")
+    if task == "class" and raw.labels is None:
+        raise DataError(
+            f"data.task 'class' needs labels, but dataset {where} has none "
+            "(image folders get labels from class subfolders)"
+        )
+    _, h, w, _ = raw.images.shape
+    if task == "upscale" and (h % 2 or w % 2):
+        raise DataError(
+            f"data.task 'upscale' needs even image sides, but dataset {where} holds {h}x{w} "
+            "images (set data.image_size to an even size for image folders)"
+        )
+
+
 def prepare(
     raw: RawDataset,
     levels: int,
@@ -150,39 +201,13 @@ def prepare(
         >>> {k: len(v[0]) for k, v in d.splits.items()}
         {'train': 1258, 'val': 359, 'test': 180}
     """
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
-        )
+    check_input(raw, val_fraction, test_fraction, task)
     n = len(raw.images)
     n_test = int(round(test_fraction * n))
     n_val = int(round(val_fraction * n))
-    n_train = n - n_test - n_val
-    sizes = {"train": n_train, "val": n_val, "test": n_test}
-    fractions = {"train": 1.0, "val": val_fraction, "test": test_fraction}
-    empty = [s for s in SPLITS if sizes[s] < 1 and fractions[s] > 0]
-    if empty:
-        raise DataError(
-            f"dataset {raw.origin or raw.source} is too small for the split fractions "
-            f"(val_fraction={val_fraction}, test_fraction={test_fraction}): {n} images give "
-            f"{sizes}, so {', '.join(empty)} would be empty"
-        )
-
     num_classes: int | None = None
     if raw.labels is not None:
         num_classes = len(raw.class_names) if raw.class_names else int(raw.labels.max()) + 1
-        if n and (raw.labels.min() < 0 or raw.labels.max() >= num_classes):
-            raise DataError(
-                f"dataset {raw.origin or raw.source} has labels outside 0..{num_classes - 1}"
-            )
-
-    if task == "class" and raw.labels is None:
-        raise DataError(
-            f"data.task 'class' needs labels, but dataset {raw.origin or raw.source} has none "
-            "(image folders get labels from class subfolders)"
-        )
 
     q = quantize(raw.images, raw.max_value, levels)  # (N, H, W, C)
     q = np.ascontiguousarray(q.transpose(0, 3, 1, 2))  # (N, C, H, W)

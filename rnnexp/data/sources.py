@@ -552,6 +552,14 @@ def read_raw(raw_dir: str | os.PathLike[str]) -> RawDataset:
             f"raw data file {data_path} does not match {info_path} (images {images.shape}, "
             f"info says {expected}); rebuild with `dvc repro`"
         )
+    if labels is not None and labels.size and class_names:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= len(class_names):
+            bad = low if low < 0 else high
+            raise DataError(
+                f"raw data file {data_path} holds label {bad}, outside 0..{len(class_names) - 1} "
+                f"(the {len(class_names)} classes of {info_path}); rebuild with `dvc repro`"
+            )
     try:
         return RawDataset(images, labels, max_value, class_names, source, info.get("origin"))
     except ValueError as e:
