@@ -8,8 +8,6 @@ run code is refused. They carry what is needed to rebuild the generator
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from rnnexp.atomic import atomic_write_bytes
 from rnnexp.errors import RnnexpError
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
+from rnnexp.safe_load import load_weights
 
 
 @dataclass
@@ -42,30 +41,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
     path = Path(path)
     if not path.is_file():
         raise RnnexpError(f"{path}: checkpoint not found (run `dvc repro train` first)")
-    if not zipfile.is_zipfile(path):
-        # torch.save writes a zip archive; anything else (a text file, a cut-off
-        # archive, a bare pickle) is not ours and is never handed to the unpickler.
-        raise RnnexpError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): not a complete "
-            "PyTorch zip archive"
-        )
-    try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message starts with advice to retry with weights_only=False (which
-        # would run the file's code); keep only the line that says what was refused.
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        what = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
-        raise RnnexpError(
-            f"{path}: refused to load: the checkpoint holds Python objects other than plain "
-            f"weights ({what or type(exc).__name__}); rnnexp loads checkpoints with "
-            "weights_only=True and never runs code from them"
-        ) from None
-    except Exception as exc:  # a damaged archive raises RuntimeError, KeyError and others
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RnnexpError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {first}"
-        ) from None
+    raw = load_weights(path, "checkpoint", map_location)
     if not isinstance(raw, dict) or "state_dict" not in raw or "hyper_parameters" not in raw:
         raise RnnexpError(f"{path}: not an rnnexp checkpoint (no state_dict/hyper_parameters)")
     hparams = raw["hyper_parameters"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from torch import nn
 from rnnexp.atomic import atomic_write_bytes
 from rnnexp.data.prepare import read_arrays, read_meta
 from rnnexp.errors import DataError, RnnexpError
+from rnnexp.safe_load import load_weights
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -298,18 +298,7 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[SmallCNN, dict[str, A
     path = Path(path)
     if not path.is_file():
         raise RnnexpError(f"{path}: classifier checkpoint not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RnnexpError(
-            f"{path}: refused to load: not a plain-weights checkpoint ({first})"
-        ) from None
-    except Exception as exc:  # the legacy (non-zip) reader raises many kinds
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RnnexpError(
-            f"{path}: not a readable classifier checkpoint (truncated or corrupt?): {first}"
-        ) from None
+    raw = load_weights(path, "classifier checkpoint")
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise RnnexpError(f"{path}: not an rnnexp classifier checkpoint")
     if raw.get("version") != CHECKPOINT_VERSION:
