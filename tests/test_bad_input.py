@@ -286,6 +286,27 @@ def _no_labels(arrays: dict, info: dict) -> None:
     info.update(has_labels=False, class_names=None)
 
 
+def prepared_without_test_split(ws: Path) -> list[str]:
+    """Setup: data/prepared rebuilt from data/raw with data.test_fraction 0."""
+    from rnnexp.data.sources import read_raw
+
+    raw = read_raw(ws / "data" / "raw")
+    write_prepared(prepare(raw, 17, 0, 0.2, 0.0), ws / "data" / "prepared")
+    return []
+
+
+def tuned(text: str | None) -> Callable[[Path], list[str]]:
+    """Setup: train.use_tuned on, reports/best_params.yaml holding ``text`` (None: absent)."""
+
+    def setup(ws: Path) -> list[str]:
+        set_param("train.use_tuned", True)(ws)
+        if text is not None:
+            (ws / "reports" / "best_params.yaml").write_text(text)
+        return []
+
+    return setup
+
+
 def truncate(path: str, keep: float) -> Callable[[Path], list[str]]:
     def setup(ws: Path) -> list[str]:
         blob = (ws / path).read_bytes()
@@ -638,6 +659,13 @@ CASES: list[Case] = [
         ("imgs/wide.png", "9x6", "data.image_size"),
         run="failed",
     ),
+    Case(
+        "folder-classes-and-loose-images",
+        "fetch",
+        image_folder({"cat/a.png": png_bytes(), "stray.png": png_bytes()}),
+        ("imgs", "loose images", "stray.png"),
+        run="failed",
+    ),
     # --- prepare: data/raw as the fetch stage left it, then damaged
     Case("raw-missing", "prepare", args("--raw", "no_raw"), ("no_raw", "missing")),
     Case(
@@ -706,6 +734,48 @@ CASES: list[Case] = [
         "tune",
         args("--prepared", "nothing_prepared"),
         ("nothing_prepared/meta.json", "missing"),
+    ),
+    Case(
+        "tuned-params-missing",
+        "train",
+        tuned(None),
+        ("reports/best_params.yaml", "not found", "train.use_tuned"),
+    ),
+    Case(
+        "tuned-params-malformed",
+        "train",
+        tuned("params: {train.lr: [0.1\n"),
+        ("reports/best_params.yaml", "malformed YAML"),
+    ),
+    Case(
+        "tuned-params-unknown-key",
+        "train",
+        tuned("params:\n  train.learning_rate: 0.1\n"),
+        ("reports/best_params.yaml", "train.learning_rate", "unknown key"),
+    ),
+    Case(
+        "tuned-params-out-of-range",
+        "train",
+        tuned("params:\n  model.layers: 0\n"),
+        ("reports/best_params.yaml", "model.layers", "out of range"),
+    ),
+    Case(
+        "classifier-stage-prepared-missing",
+        "classifier",
+        args("--prepared", "nothing_prepared"),
+        ("nothing_prepared/meta.json", "missing"),
+    ),
+    Case(
+        "evaluate-empty-test-split",
+        "evaluate",
+        prepared_without_test_split,
+        ("data/prepared/test.npz", "test split is empty", "data.test_fraction"),
+    ),
+    Case(
+        "evaluate-classifier-not-a-checkpoint",
+        "evaluate",
+        overwrite("models/classifier.pt", b"not a classifier\n"),
+        ("models/classifier.pt", "not a readable classifier"),
     ),
     # --- checkpoints: evaluate, sample and complete
     Case(
@@ -790,6 +860,24 @@ CASES: list[Case] = [
         then(malicious_checkpoint, overwrite("in.png", png_bytes()), args("--input", "in.png")),
         (CKPT, "refused"),
         marker=MARKER,
+    ),
+    Case(
+        "sample-class-of-unconditional-model",
+        "sample",
+        args("--class", "3"),
+        ("--class", CKPT, "not a class-conditional model"),
+    ),
+    Case(
+        "complete-as-source-of-unconditional-model",
+        "complete",
+        then(overwrite("in.png", png_bytes()), args("--input", "in.png", "--as-source")),
+        ("--as-source", "image-to-image"),
+    ),
+    Case(
+        "complete-input-missing",
+        "complete",
+        args("--input", "no_such.png"),
+        ("no_such.png", "does not exist"),
     ),
     Case(
         "complete-input-not-an-image",
