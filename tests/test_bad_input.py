@@ -27,6 +27,8 @@ import io
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -531,6 +533,18 @@ CASES: list[Case] = [
         (P, "tune.space.model.layers", "0"),
     ),
     Case(
+        "tune-storage-unknown-scheme",
+        "tune",
+        set_param("tune.storage", "bogus://nowhere"),
+        ("tune.storage", "bogus://nowhere", "cannot open"),
+    ),
+    Case(
+        "tune-workers-on-sqlite",
+        "tune",
+        args("--workers", "2"),
+        ("tune.storage", "SQLite", "2 workers"),
+    ),
+    Case(
         "override-wrong-type",
         "train",
         args("--set", "train.max_epochs=abc"),
@@ -937,7 +951,34 @@ class Outcome:
     problems: list[str]
 
 
-def run_case(case: Case, world: Path, scratch: Path, client: MlflowClient) -> Outcome:
+def in_process(argv: list[str]) -> tuple[int | None, str, str | None]:
+    """Run ``rnnexp argv`` through ``rnnexp.cli.main``: (status, stderr, exception raised)."""
+    out, err = io.StringIO(), io.StringIO()
+    status, raised = None, None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except BaseException as exc:  # noqa: BLE001 - a raw exception is a broken promise
+            raised = f"{type(exc).__name__}: {exc}"
+    return status, err.getvalue(), raised
+
+
+def in_subprocess(argv: list[str]) -> tuple[int | None, str, str | None]:
+    """Run ``rnnexp argv`` as its own Python process (the console script's path)."""
+    code = "import sys; from rnnexp.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300
+    )
+    return done.returncode, done.stderr, None
+
+
+def run_case(
+    case: Case,
+    world: Path,
+    scratch: Path,
+    client: MlflowClient,
+    runner: Callable[[list[str]], tuple[int | None, str, str | None]] = in_process,
+) -> Outcome:
     """Copy ``world`` to ``scratch/<name>``, write the bad input, run the stage, check it.
 
     ``MLFLOW_TRACKING_URI`` must point at ``client``'s store.
@@ -948,15 +989,7 @@ def run_case(case: Case, world: Path, scratch: Path, client: MlflowClient) -> Ou
         extra = case.setup(ws)
         before_files = snapshot(ws)
         before_runs = {r.info.run_id for r in all_runs(client)}
-        out, err = io.StringIO(), io.StringIO()
-        status: int | None = None
-        raised = None
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                status = main([case.stage, *extra])
-            except BaseException as exc:  # noqa: BLE001 - a raw exception is a broken promise
-                raised = f"{type(exc).__name__}: {exc}"
-    stderr = err.getvalue()
+        status, stderr, raised = runner([case.stage, *extra])
     problems = []
     if raised is not None:
         problems.append(f"raised instead of exiting: {raised}")
@@ -1009,6 +1042,24 @@ def test_cases_are_many_and_distinct():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_bad_input_keeps_the_promise(case, world, store, tmp_path):
     outcome = run_case(case, world, tmp_path, store)
+    assert outcome.problems == [], outcome.stderr[-2000:]
+
+
+# One case per kind of input, as a real process: the exit status is the process's.
+PROCESS_CASES = [
+    "params-1e-3-string",
+    "yaml-python-tag-refused",
+    "png-truncated",
+    "data-smaller-than-batch-train",
+    "ckpt-runs-code-evaluate",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PROCESS_CASES)
+def test_bad_input_keeps_the_promise_as_a_process(name, world, store, tmp_path):
+    (case,) = [c for c in CASES if c.name == name]
+    outcome = run_case(case, world, tmp_path, store, runner=in_subprocess)
     assert outcome.problems == [], outcome.stderr[-2000:]
 
 
