@@ -50,10 +50,22 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         generator = PixelRNN(config)
         prefix = "generator."
         state = {k[len(prefix) :]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
-        generator.load_state_dict(state)
         image_shape = tuple(hparams["image_shape"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RnnexpError(f"{path}: checkpoint does not match the generator code: {exc}") from None
+    try:
+        keys = generator.load_state_dict(state, strict=False)  # shape mismatches still raise
+        wrong = [f"missing {k}" for k in keys.missing_keys]
+        wrong += [f"unexpected {k}" for k in keys.unexpected_keys]
+    except RuntimeError as exc:
+        wrong = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    if wrong:
+        # e.g. weights of another arch or size than the hyper_parameters say
+        raise RnnexpError(
+            f"{path}: checkpoint does not match the generator code: its weights are not those "
+            f"of the {config.arch} generator (hidden {config.hidden}, {config.layers} layers) "
+            f"its hyper_parameters describe: {len(wrong)} problems, e.g. {wrong[0][:200]}"
+        )
     generator.eval()
     info = raw.get("rnnexp", {})
     return LoadedCheckpoint(

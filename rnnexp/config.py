@@ -282,7 +282,7 @@ def _check_consistency(p: Params, source: str, check_space: bool = True) -> None
     for key in ("kernel", "input_kernel"):
         if getattr(p.model, key) % 2 == 0:
             errors.append(f"model.{key}: {getattr(p.model, key)} must be odd")
-    if check_space:
+    if check_space and not errors:  # else every space value repeats the same error
         errors += _space_errors(p)
     if errors:
         raise ConfigError(f"{source}: invalid params:\n  - " + "\n  - ".join(errors))
@@ -375,6 +375,15 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from None
     try:
         return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        # A tag such as !!python/object/apply would build objects (and run code) under
+        # yaml.load; safe_load refuses it, and so do we, saying where.
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}: refused YAML tag{where}: {exc.problem}; params files are read with "
+            "yaml.safe_load, which builds plain values only"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
