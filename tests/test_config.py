@@ -77,7 +77,7 @@ def test_malformed_yaml_names_line(tmp_path):
 
 def test_python_object_tag_refused(tmp_path):
     path = write(tmp_path, "train: !!python/object/apply:os.system ['echo hacked']\n")
-    with pytest.raises(ConfigError, match="refused YAML tag at line 1.*python/object/apply:os.system"):
+    with pytest.raises(ConfigError, match="refused YAML tag at line 1.*python/object/apply"):
         load_params(path)
 
 
