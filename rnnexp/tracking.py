@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from rnnexp.config import Params
+from rnnexp.errors import RnnexpError
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -169,10 +170,24 @@ def _end_status(exc: BaseException | None, handle: RunHandle) -> str:
     return "FAILED"
 
 
+def _store_error(uri: str, exc: Exception) -> RnnexpError:
+    """A bad tracking URI as a user error naming where the URI came from."""
+    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return RnnexpError(f"{source} {uri!r}: cannot open the MLflow tracking store: {first}")
+
+
 def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
-    """A client on the configured store and the store's URI."""
+    """A client on the configured store and the store's URI.
+
+    Raises:
+        RnnexpError: the URI names no store MLflow can open (naming the URI's source).
+    """
     uri = tracking_uri(params)
-    return MlflowClient(tracking_uri=uri), uri
+    try:
+        return MlflowClient(tracking_uri=uri), uri
+    except Exception as exc:  # MlflowException, SQLAlchemy errors: a bad URI either way
+        raise _store_error(uri, exc) from None
 
 
 @contextlib.contextmanager
@@ -194,7 +209,10 @@ def tracked_run(
     propagate.
     """
     client, uri = connect(params)
-    experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+    try:
+        experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+    except Exception as exc:  # the first request: an unknown scheme or unreachable store
+        raise _store_error(uri, exc) from None
     all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
