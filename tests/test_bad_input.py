@@ -417,6 +417,7 @@ class Case:
         run: "none": no MLflow run may be created; "failed": exactly one, ended FAILED.
         marker: a file the bad input would create if its code ever ran.
         absent: what the message must not say (noise, misleading advice).
+        env: environment variables set (None: unset) while the stage runs.
     """
 
     name: str
@@ -426,6 +427,7 @@ class Case:
     run: str = "none"
     marker: str | None = None
     absent: tuple[str, ...] = ()
+    env: tuple[tuple[str, str | None], ...] = ()
 
 
 P = "params.yaml"
@@ -551,6 +553,20 @@ CASES: list[Case] = [
         "tune",
         args("--workers", "2"),
         ("tune.storage", "SQLite", "2 workers"),
+    ),
+    Case(
+        "tracking-uri-unknown-scheme",
+        "fetch",
+        set_param("tracking.uri", "bogus://nowhere"),
+        ("tracking.uri", "bogus://nowhere", "cannot open the MLflow tracking store"),
+        env=(("MLFLOW_TRACKING_URI", None),),
+    ),
+    Case(
+        "mlflow-tracking-uri-env-unknown-scheme",
+        "prepare",
+        args(),
+        ("MLFLOW_TRACKING_URI", "bogus://nowhere", "cannot open the MLflow tracking store"),
+        env=(("MLFLOW_TRACKING_URI", "bogus://nowhere"),),
     ),
     Case(
         "override-wrong-type",
@@ -957,6 +973,25 @@ def working_dir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+@contextlib.contextmanager
+def environment(changes: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables; restore them afterwards."""
+
+    def apply(values: dict[str, str | None]) -> None:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    saved = {name: os.environ.get(name) for name in changes}
+    apply(changes)
+    try:
+        yield
+    finally:
+        apply(saved)
+
+
 @dataclass
 class Outcome:
     """What a case did and which promises it broke (``problems`` empty: all kept)."""
@@ -1005,7 +1040,8 @@ def run_case(
         extra = case.setup(ws)
         before_files = snapshot(ws)
         before_runs = {r.info.run_id for r in all_runs(client)}
-        status, stderr, raised = runner([case.stage, *extra])
+        with environment(dict(case.env)):
+            status, stderr, raised = runner([case.stage, *extra])
     problems = []
     if raised is not None:
         problems.append(f"raised instead of exiting: {raised}")
@@ -1089,7 +1125,7 @@ def test_the_good_workspace_works(stage, world, store, tmp_path):
     shutil.copytree(world, ws)
     before = {r.info.run_id for r in all_runs(store)}
     with working_dir(ws), contextlib.redirect_stdout(io.StringIO()):
-        assert main([stage]) == 0
+        assert main([stage, *(["--n", "4"] if stage == "sample" else [])]) == 0
     written = {"evaluate": "reports/metrics.json", "sample": "samples.png"}[stage]
     assert (ws / written).read_bytes() != PREVIOUS
     new = [r for r in all_runs(store) if r.info.run_id not in before]
