@@ -170,24 +170,17 @@ def _end_status(exc: BaseException | None, handle: RunHandle) -> str:
     return "FAILED"
 
 
-def _store_error(uri: str, exc: Exception) -> RnnexpError:
-    """A bad tracking URI as a user error naming where the URI came from."""
-    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return RnnexpError(f"{source} {uri!r}: cannot open the MLflow tracking store: {first}")
-
-
 def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
-    """A client on the configured store and the store's URI.
-
-    Raises:
-        RnnexpError: the URI names no store MLflow can open (naming the URI's source).
-    """
+    """A client on the configured store and the store's URI."""
     uri = tracking_uri(params)
     try:
         return MlflowClient(tracking_uri=uri), uri
-    except Exception as exc:  # MlflowException, SQLAlchemy errors: a bad URI either way
-        raise _store_error(uri, exc) from None
+    except Exception as exc:  # e.g. an unknown scheme: a bad URI, the user's to fix
+        source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise RnnexpError(
+            f"{source} {uri!r}: cannot open the MLflow tracking store: {first}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -209,10 +202,7 @@ def tracked_run(
     propagate.
     """
     client, uri = connect(params)
-    try:
-        experiment_id = _experiment_id(client, params.tracking.experiment, uri)
-    except Exception as exc:  # the first request: an unknown scheme or unreachable store
-        raise _store_error(uri, exc) from None
+    experiment_id = _experiment_id(client, params.tracking.experiment, uri)
     all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
