@@ -372,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     except RnnexpError as exc:
         print(f"rnnexp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user must fix: a file where a folder goes, no access
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rnnexp {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rnnexp {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -704,6 +704,13 @@ CASES: list[Case] = [
         ("imgs", "loose images", "stray.png"),
         run="failed",
     ),
+    Case(
+        "fetch-out-below-a-file",
+        "fetch",
+        then(overwrite("blocker", b"a file, not a folder\n"), args("--out", "blocker/raw")),
+        ("blocker", "File exists"),
+        run="failed",
+    ),
     # --- prepare: data/raw as the fetch stage left it, then damaged
     Case("raw-missing", "prepare", args("--raw", "no_raw"), ("no_raw", "missing")),
     Case(
@@ -741,6 +748,13 @@ CASES: list[Case] = [
         "prepare",
         then(raw_with(_no_labels), set_param("data.task", "class")),
         ("digits[:200]", "data.task 'class'", "labels"),
+    ),
+    Case(
+        "prepare-out-below-a-file",
+        "prepare",
+        then(overwrite("blocker", b"a file, not a folder\n"), args("--out", "blocker/prepared")),
+        ("blocker", "File exists"),
+        run="failed",
     ),
     # --- train / tune: prepared data
     Case(
