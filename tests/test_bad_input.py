@@ -1159,3 +1159,12 @@ def test_the_payloads_are_live(tmp_path):
     malicious_yaml(ws)
     yaml.unsafe_load((ws / "params.yaml").read_text())
     assert (ws / MARKER).exists()
+
+
+def test_the_check_catches_a_broken_promise(world, store, tmp_path):
+    """Control: a stage that succeeds (exit 0, writes its output) is reported as such."""
+    case = Case("not-bad-at-all", "sample", args("--n", "2"), ("samples.png",))
+    problems = run_case(case, world, tmp_path, store).problems
+    assert "exit status 0, expected 2" in problems
+    assert "workspace changed: ['samples.png']" in problems
+    assert not any(p.startswith("new MLflow runs") for p in problems)  # sample opens none
