@@ -335,6 +335,20 @@ def remove(path: str) -> Callable[[Path], list[str]]:
     return setup
 
 
+def foreign_torch_file(ws: Path) -> list[str]:
+    """Setup: models/best.ckpt is a readable torch file, but not a train-stage checkpoint."""
+    torch.save({"weights": torch.zeros(3)}, ws / "models" / "best.ckpt")
+    return []
+
+
+def empty_folder(path: str) -> Callable[[Path], list[str]]:
+    def setup(ws: Path) -> list[str]:
+        (ws / path).mkdir(parents=True)
+        return []
+
+    return setup
+
+
 def checkpoint(**kwargs: Any) -> Callable[[Path], list[str]]:
     """Setup: models/best.ckpt replaced by a valid checkpoint of another model."""
 
@@ -851,7 +865,7 @@ CASES: list[Case] = [
     Case(
         "ckpt-foreign-torch-file",
         "sample",
-        lambda ws: (torch.save({"weights": torch.zeros(3)}, ws / CKPT), [])[1],
+        foreign_torch_file,
         (CKPT, "not an rnnexp checkpoint"),
     ),
     Case("ckpt-truncated-evaluate", "evaluate", truncate(CKPT, 0.6), (CKPT, "truncated")),
@@ -954,7 +968,7 @@ CASES: list[Case] = [
     Case(
         "complete-input-empty-folder",
         "complete",
-        then(lambda ws: ((ws / "inputs").mkdir(), [])[1], args("--input", "inputs")),
+        then(empty_folder("inputs"), args("--input", "inputs")),
         ("inputs", "no .png"),
     ),
 ]
