@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from rnnexp.config import Params
+from rnnexp.distributed import NullRunHandle, is_global_zero
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -191,8 +192,13 @@ def tracked_run(
     stage tag and ``tags``; with ``parent_run_id`` it is nested under that run. It
     ends FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM); exceptions of
     the types in ``finished_on`` (a pruned trial) end it FINISHED. Exceptions
-    propagate.
+    propagate. With ``tracking.enabled`` false, and in every process of a
+    distributed run but global rank 0, it yields a
+    :class:`~rnnexp.distributed.NullRunHandle` and logs nothing.
     """
+    if not params.tracking.enabled or not is_global_zero(params.train.devices):
+        yield NullRunHandle()  # type: ignore[misc]
+        return
     client, uri = connect(params)
     experiment_id = _experiment_id(client, params.tracking.experiment, uri)
     all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
