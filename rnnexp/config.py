@@ -99,7 +99,7 @@ class TrainParams:
     precision: str = _param("32-true", _one_of(*PRECISIONS), "Lightning precision")
     accelerator: str = _param("cpu", _one_of(*ACCELERATORS), "Lightning accelerator")
     devices: int = _param(1, _range(1, 1024), "devices per node")
-    strategy: str = _param("auto", _one_of(*STRATEGIES), "Lightning strategy (ddp: a process/device)")
+    strategy: str = _param("auto", _one_of(*STRATEGIES), "Lightning strategy")
     num_nodes: int = _param(1, _range(1, 4096), "machines taking part in distributed training")
     num_workers: int = _param(0, _range(0, 256), "DataLoader worker processes")
     sample_every: int = _param(5, _range(0), "log a sample grid every N epochs (0 = never)")
