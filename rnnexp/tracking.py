@@ -348,3 +348,34 @@ def find_runs(
         token = page.token
         if not token:
             return runs
+
+
+def probe_store(params: Params, timeout_s: float = 10.0) -> str:
+    """Check that the configured store answers and takes writes; a one-line summary.
+
+    Finds (or creates) the experiment ``tracking.experiment`` and sets its tag
+    ``rnnexp.last_probe``: a write that leaves no run behind. HTTP retries are
+    turned off for the probe, so an unreachable server fails within ``timeout_s``.
+    Raises :class:`RnnexpError` saying what failed.
+    """
+    from rnnexp.errors import RnnexpError
+
+    uri = tracking_uri(params)
+    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+        client.set_experiment_tag(experiment_id, "rnnexp.last_probe", str(int(time.time())))
+    except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnexpError(f"{uri}: {first[:300]}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return f"{uri} (experiment {params.tracking.experiment!r} id {experiment_id}, writable)"
