@@ -170,9 +170,29 @@ def _end_status(exc: BaseException | None, handle: RunHandle) -> str:
     return "FAILED"
 
 
+def _init_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock.
+
+    Two processes opening a new store at once (``dvc queue start -j 2`` on a fresh
+    clone) race MLflow's table migrations and both fail; the lock lets one create
+    the tables while the other waits, then finds them.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
     """A client on the configured store and the store's URI."""
     uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        _init_sqlite_store(uri)
     return MlflowClient(tracking_uri=uri), uri
 
 
