@@ -250,7 +250,7 @@ def open_existing_run(params: Params, run_id: str | None) -> RunHandle | None:
     A stage restored from DVC's run-cache logs no run, and a checkpoint may come
     from another store, so callers must cope with None.
     """
-    if not run_id:
+    if not run_id or not params.tracking.enabled or not is_global_zero(params.train.devices):
         return None
     client, _ = connect(params)
     try:
