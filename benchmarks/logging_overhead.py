@@ -59,8 +59,11 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+    return elapsed
 
 
 def main() -> None:
@@ -97,7 +100,9 @@ def main() -> None:
             order = list(modes) if rep % 2 == 0 else list(reversed(modes))
             for mode in order:
                 mode_env, extra = modes[mode]
-                out = ["--out", str(scratch / f"models-{mode}")]
+                models = scratch / f"models-{mode}"
+                shutil.rmtree(models, ignore_errors=True)  # each run writes fresh checkpoints
+                out = ["--out", str(models)]
                 times[mode].append(
                     timed(["rnnexp", "train", *common, *extra, *out], scratch, mode_env)
                 )
