@@ -8,6 +8,8 @@ its DVC experiment's name, and ``rnnexp compare --dvc-exp`` must find it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -98,3 +100,33 @@ def test_compare_finds_the_runs_of_a_dvc_experiment(queued):
     cells = dict(zip(header, row.split(","), strict=True))
     assert cells["dvc_exp"] == "exp-lr-b"
     assert float(cells["train.lr"]) == pytest.approx(LRS["exp-lr-b"])
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from rnnexp import tracking
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+client, uri = tracking.connect()
+print(len(client.search_experiments()))
+"""
+
+
+def test_processes_creating_one_new_store_at_once_both_succeed(tmp_path):
+    # Two queued experiments on a fresh clone open the workspace's new mlflow.db
+    # together; unserialised, MLflow's table migrations race and both die.
+    go = tmp_path / "go"
+    env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACE, str(go)], env=env, cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]  # fmt: skip
+    time.sleep(8)  # let all three import mlflow and wait at the start line
+    go.touch()
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert out.strip() == "1"  # the Default experiment, created once
