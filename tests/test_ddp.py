@@ -101,3 +101,14 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, prepared_dir):
     assert steps == [0, 1, 2, 3]
     logged = [m.value for m in client.get_metric_history(ddp_run.info.run_id, "val/nll")]
     assert logged == pytest.approx(two)  # rank 0 logged the mean over both processes' shards
+
+
+def test_evaluate_joins_no_run_when_tracking_is_off_or_not_rank_zero(
+    store, tiny_params, monkeypatch
+):
+    with tracking.tracked_run(tiny_params(), "train") as run:
+        pass
+    assert tracking.open_existing_run(tiny_params(), run.run_id).run_id == run.run_id
+    assert tracking.open_existing_run(tiny_params("tracking.enabled=false"), run.run_id) is None
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert tracking.open_existing_run(tiny_params("train.devices=2"), run.run_id) is None
