@@ -283,6 +283,31 @@ def _cmd_compare(args: argparse.Namespace, params: Params) -> None:
     )
 
 
+def _cmd_doctor(args: argparse.Namespace, params: Params) -> int:
+    from rnnexp.doctor import doctor
+    from rnnexp.tracking import workspace_root
+
+    return doctor(params, workspace_root())
+
+
+def _cmd_server(args: argparse.Namespace, params: Params | None) -> int:
+    from rnnexp.server import ServerOptions, run_server
+    from rnnexp.tracking import workspace_root
+
+    root = Path(args.root) if args.root else workspace_root() / "mlflow-server"
+    options = ServerOptions(
+        root=root,
+        backend_store_uri=args.backend_store_uri,
+        artifacts_destination=args.artifacts_destination,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        auth=args.auth,
+        allowed_hosts=args.allowed_hosts,
+    )
+    return run_server(options, dry_run=args.dry_run)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnexp", description="PixelRNN experiments: DVC stages tracked in MLflow."
@@ -360,6 +385,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", metavar="NAME", help="default: tracking.experiment")
     p.add_argument("--dvc-exp", metavar="NAME", help="only runs of this DVC experiment")
     p.add_argument("--format", choices=["text", "csv", "markdown"], default="text")
+    stage(
+        "doctor",
+        "check the tracking store, Optuna storage, DVC remote, data, devices and versions",
+        _cmd_doctor,
+    )
+    p = sub.add_parser(
+        "server",
+        help="run the team's MLflow tracking server (mlflow server)",
+        description="Run `mlflow server` with a SQLite or PostgreSQL backend and served "
+        "artifacts; bound to 127.0.0.1 unless --host says otherwise.",
+    )
+    p.set_defaults(fn=_cmd_server)
+    p.add_argument("--root", help="server files (SQLite store, artifacts, auth); default "
+                   "<repo>/mlflow-server")  # fmt: skip
+    p.add_argument("--backend-store-uri", help="default sqlite:///<root>/mlflow-server.db; "
+                   "or postgresql+psycopg://user:pw@host/db")  # fmt: skip
+    p.add_argument("--artifacts-destination", help="default <root>/artifacts; or s3://...")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    p.add_argument("--allowed-hosts", help="Host headers MLflow accepts (see mlflow server)")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="MLflow's basic-auth app; first start needs MLFLOW_AUTH_ADMIN_PASSWORD",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     return parser
 
 
@@ -367,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rnnexp`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        params = load_params(args.params, args.overrides)
-        args.fn(args, params)
+        # Every stage validates params.yaml first; `server` reads none.
+        params = load_params(args.params, args.overrides) if hasattr(args, "params") else None
+        status = args.fn(args, params)
     except RnnexpError as exc:
         print(f"rnnexp {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -379,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rnnexp {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ TASKS = ("unconditional", "class", "completion", "denoise", "upscale")
 OCCLUSIONS = ("lower_half", "random_box")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class TrainParams:
     precision: str = _param("32-true", _one_of(*PRECISIONS), "Lightning precision")
     accelerator: str = _param("cpu", _one_of(*ACCELERATORS), "Lightning accelerator")
     devices: int = _param(1, _range(1, 1024), "devices per node")
+    strategy: str = _param("auto", _one_of(*STRATEGIES), "Lightning strategy")
+    num_nodes: int = _param(1, _range(1, 4096), "machines taking part in distributed training")
     num_workers: int = _param(0, _range(0, 256), "DataLoader worker processes")
     sample_every: int = _param(5, _range(0), "log a sample grid every N epochs (0 = never)")
     sample_grid: int = _param(16, _range(1, 1024), "images in each per-epoch sample grid")
@@ -148,6 +151,7 @@ class TrackingParams:
     experiment: str = _param("rnnexp", doc="MLflow experiment name")
     uri: str | None = _param(None, doc="tracking URI; default sqlite:///<repo>/mlflow.db")
     log_checkpoint: bool = _param(True, doc="log the best checkpoint as a run artifact")
+    enabled: bool = _param(True, doc="false: log nothing to MLflow (benchmarks, offline runs)")
 
 
 @dataclass(frozen=True)

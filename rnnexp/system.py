@@ -80,6 +80,11 @@ class PixelRNNSystem(pl.LightningModule):
 
     def _epoch_mean(self, stage: str) -> float | None:
         total, count = self._sums.pop(stage, (0.0, 0))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # DDP: each process saw its shard of the split; the epoch's mean is over all.
+            sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            total, count = float(sums[0]), int(sums[1])
         return total / count if count else None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

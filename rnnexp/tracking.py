@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from rnnexp.config import Params
+from rnnexp.distributed import NullRunHandle, is_global_zero
 from rnnexp.errors import RnnexpError
 
 DEFAULT_DB = "mlflow.db"
@@ -170,9 +171,29 @@ def _end_status(exc: BaseException | None, handle: RunHandle) -> str:
     return "FAILED"
 
 
+def _init_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock.
+
+    Two processes opening a new store at once (``dvc queue start -j 2`` on a fresh
+    clone) race MLflow's table migrations and both fail; the lock lets one create
+    the tables while the other waits, then finds them.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
     """A client on the configured store and the store's URI."""
     uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        _init_sqlite_store(uri)
     try:
         return MlflowClient(tracking_uri=uri), uri
     except Exception as exc:  # e.g. an unknown scheme: a bad URI, the user's to fix
@@ -199,8 +220,13 @@ def tracked_run(
     stage tag and ``tags``; with ``parent_run_id`` it is nested under that run. It
     ends FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM); exceptions of
     the types in ``finished_on`` (a pruned trial) end it FINISHED. Exceptions
-    propagate.
+    propagate. With ``tracking.enabled`` false, and in every process of a
+    distributed run but global rank 0, it yields a
+    :class:`~rnnexp.distributed.NullRunHandle` and logs nothing.
     """
+    if not params.tracking.enabled or not is_global_zero(params.train.devices):
+        yield NullRunHandle()  # type: ignore[misc]
+        return
     client, uri = connect(params)
     experiment_id = _experiment_id(client, params.tracking.experiment, uri)
     all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
@@ -232,7 +258,7 @@ def open_existing_run(params: Params, run_id: str | None) -> RunHandle | None:
     A stage restored from DVC's run-cache logs no run, and a checkpoint may come
     from another store, so callers must cope with None.
     """
-    if not run_id:
+    if not run_id or not params.tracking.enabled or not is_global_zero(params.train.devices):
         return None
     client, _ = connect(params)
     try:
@@ -350,3 +376,34 @@ def find_runs(
         token = page.token
         if not token:
             return runs
+
+
+def probe_store(params: Params, timeout_s: float = 10.0) -> str:
+    """Check that the configured store answers and takes writes; a one-line summary.
+
+    Finds (or creates) the experiment ``tracking.experiment`` and sets its tag
+    ``rnnexp.last_probe``: a write that leaves no run behind. HTTP retries are
+    turned off for the probe, so an unreachable server fails within ``timeout_s``.
+    Raises :class:`RnnexpError` saying what failed.
+    """
+    from rnnexp.errors import RnnexpError
+
+    uri = tracking_uri(params)
+    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+        client.set_experiment_tag(experiment_id, "rnnexp.last_probe", str(int(time.time())))
+    except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnexpError(f"{uri}: {first[:300]}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return f"{uri} (experiment {params.tracking.experiment!r} id {experiment_id}, writable)"

@@ -132,6 +132,8 @@ def run_training(
             max_epochs=t.max_epochs,
             accelerator=t.accelerator,
             devices=t.devices,
+            strategy=t.strategy,
+            num_nodes=t.num_nodes,
             precision=t.precision,
             gradient_clip_val=t.grad_clip or None,
             logger=MlflowRunLogger(run, params.tracking.experiment),

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port, start_server, stop_server
 
 from rnnexp import tracking
 from rnnexp.config import Params
@@ -43,30 +39,7 @@ CHROMIUM_ARGS = [
 ]
 # Values MLflow's UI prints as they are (it rounds metrics below 10 to 3 decimals).
 RUNS = {"row-lstm-a": 1.234, "pixelcnn-b": 2.468}
-SERVER_START_S = 120  # mlflow server on a busy 2-core machine: ~10 s, 60+ s seen under load
 UI_WAIT_MS = 60_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (uvicorn and job runner too), then SIGKILL."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-    else:  # the leader is gone; its children may not be
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +77,7 @@ def logged(tmp_path_factory):
 def server(sync_playwright, logged, tmp_path_factory):
     """``mlflow server`` on a free localhost port over ``logged``'s store: its base URL."""
     uri, _, _ = logged
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("ui-server") / "server.log"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
@@ -112,25 +85,15 @@ def server(sync_playwright, logged, tmp_path_factory):
         "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = "exited" if proc.poll() is not None else f"no answer in {SERVER_START_S} s"
-                pytest.fail(f"mlflow server {why}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        proc = start_server(cmd, log, url)
+    except AssertionError as exc:
+        pytest.fail(str(exc))
+    try:
         yield url
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 @pytest.fixture

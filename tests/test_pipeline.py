@@ -1,60 +1,19 @@
 """End to end: `dvc repro` in a fresh git repo, checked through outputs, DVC and MLflow."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import make_git_project, project_env, run
 from mlflow import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
 pytestmark = pytest.mark.slow
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
-
-
-def run(cmd, cwd, env=None):
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout + out.stderr
-
-
-def make_project(dest: Path, overrides: dict) -> Path:
-    """A fresh git repo holding this project's files, with params shrunk for speed."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file() and not name.startswith(("tests/", "benchmarks/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dest
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    repo = make_project(
+    env = project_env()
+    repo = make_git_project(
         tmp_path_factory.mktemp("project"),
         {
             "train.max_epochs": 3,
@@ -63,13 +22,8 @@ def project(tmp_path_factory):
             "tune.n_trials": 2,
             "tune.epochs": 2,
         },
+        env,
     )
-    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_EXP_NAME", None)
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "init"], repo, env)
     log = run(["dvc", "repro"], repo, env)
     return repo, env, log
 
