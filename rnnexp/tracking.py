@@ -73,9 +73,44 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def _process_start(pid: int) -> str | None:
+    """Start time of process ``pid`` in clock ticks since boot (Linux), or None.
+
+    Together with the pid it names a process uniquely: a pid reused by a later
+    process has a later start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may hold spaces, so split after its ")".
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` of this host runs (and, given ``start``, is that process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        pass
+    if start is not None:
+        now = _process_start(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused by another process
+    return True
+
+
 def source_tags() -> dict[str, str]:
     """Git commit and dirty flag, DVC experiment name, host and pid of this process."""
     tags = {"rnnexp.host": socket.gethostname(), "rnnexp.pid": str(os.getpid())}
+    start = _process_start(os.getpid())
+    if start is not None:
+        tags["rnnexp.pid_start"] = start
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -114,6 +149,7 @@ class RunHandle:
     run_id: str
     experiment_id: str
     interrupted: bool = field(default=False)
+    resumed: bool = field(default=False)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, "None" if v is None else str(v)[:6000]) for k, v in params.items()]
@@ -169,6 +205,81 @@ def _end_status(exc: BaseException | None, handle: RunHandle) -> str:
     return "FAILED"
 
 
+def mark_stale_runs_killed(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End KILLED the RUNNING runs of the experiment whose process died; return their ids.
+
+    A process killed with SIGKILL (or by the OOM killer, or a power cut) cannot end
+    its run, which then stays RUNNING forever. A run is stale when its tags name
+    this host and a pid that no longer runs (or now runs another process, told
+    apart by its start time). Runs of live processes and of other hosts are never
+    touched: on another host we cannot tell. Each stale run gets the tag
+    ``rnnexp.stale`` saying why.
+    """
+    host = socket.gethostname()
+    stale, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`rnnexp.host` = '{host}'"
+            if "'" not in host
+            else "attributes.status = 'RUNNING'",
+            max_results=_SEARCH_PAGE,
+            page_token=token,
+        )
+        for run in page:
+            tags = run.data.tags
+            if run.info.status != "RUNNING" or tags.get("rnnexp.host") != host:
+                continue
+            try:
+                pid = int(tags.get("rnnexp.pid", ""))
+            except ValueError:
+                continue
+            if process_alive(pid, tags.get("rnnexp.pid_start")):
+                continue
+            note = f"process {pid} on {host} died without ending the run"
+            try:
+                client.set_tag(run.info.run_id, "rnnexp.stale", note)
+                client.set_terminated(run.info.run_id, status="KILLED")
+            except MlflowException:  # ended or deleted by someone else meanwhile
+                continue
+            stale.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return stale
+
+
+def _reopen_run(
+    client: MlflowClient, run_id: str, experiment_id: str, tags: Mapping[str, str]
+) -> RunHandle | None:
+    """Set an ended run of ``experiment_id`` RUNNING again, for a resumed training.
+
+    Returns None when the run is not in this store, is deleted, belongs to another
+    experiment, or is still owned by a live process.
+    """
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    info = run.info
+    if info.lifecycle_stage == "deleted" or info.experiment_id != experiment_id:
+        return None
+    if info.status == "RUNNING":
+        old = run.data.tags
+        if old.get("rnnexp.host") != socket.gethostname():
+            return None  # perhaps still running elsewhere: do not steal it
+        try:
+            pid = int(old.get("rnnexp.pid", ""))
+        except ValueError:
+            pid = -1
+        if process_alive(pid, old.get("rnnexp.pid_start")):
+            return None
+    resumes = int(run.data.tags.get("rnnexp.resumes", "0")) + 1
+    client.update_run(run_id, status="RUNNING")
+    handle = RunHandle(client, run_id, experiment_id)
+    handle.set_tags({**tags, "rnnexp.resumes": resumes})
+    return handle
+
+
 def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
     """A client on the configured store and the store's URI."""
     uri = tracking_uri(params)
@@ -184,6 +295,7 @@ def tracked_run(
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
     finished_on: tuple[type[BaseException], ...] = (),
+    resume_run_id: str | None = None,
 ) -> Iterator[RunHandle]:
     """Open an MLflow run for one stage execution and always close it.
 
@@ -192,20 +304,38 @@ def tracked_run(
     ends FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM); exceptions of
     the types in ``finished_on`` (a pruned trial) end it FINISHED. Exceptions
     propagate.
+
+    Before opening, runs of the experiment left RUNNING by dead processes of this
+    host are ended KILLED (:func:`mark_stale_runs_killed`). With ``resume_run_id``
+    (a training resumed from its checkpoint) that run is set RUNNING again and
+    continued, with ``handle.resumed`` true, instead of creating a new run; when
+    it is not in this store (or still owned by a live process) a new run is made.
     """
     client, uri = connect(params)
     experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+    mark_stale_runs_killed(client, experiment_id)
     all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(
-        experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
-    )
-    handle = RunHandle(client, run.info.run_id, experiment_id)
+    all_tags = {k: str(v) for k, v in all_tags.items()}
+    handle = None
+    if resume_run_id:
+        handle = _reopen_run(client, resume_run_id, experiment_id, all_tags)
+    if handle is None:
+        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+        handle = RunHandle(client, run.info.run_id, experiment_id)
+    else:
+        handle.resumed = True
     error: BaseException | None = None
     try:
         with _interrupts_raise(handle):
-            handle.log_params(params.flat())
+            flat = params.flat()
+            if handle.resumed:
+                # MLflow refuses to change a logged param; log only the new ones
+                # (the checkpoint's fingerprint already vouches for the rest).
+                logged = client.get_run(handle.run_id).data.params
+                flat = {k: v for k, v in flat.items() if k not in logged}
+            handle.log_params(flat)
             yield handle
     except finished_on:
         raise
