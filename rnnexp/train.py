@@ -125,13 +125,20 @@ def run_training(
         "rnnexp.arch": params.model.arch,
         "rnnexp.fingerprint": system.fingerprint,
     }
+    resume_run_id = start.run_id if start else None
+    if save_checkpoints:
+        run_tags["rnnexp.out_dir"] = str(out_dir.resolve())
+        if resume and start is None:  # killed before the first checkpoint?
+            same = {**run_tags, "rnnexp.stage": stage}
+            del same["rnnexp.arch"], same["rnnexp.data_hash"]  # implied by the fingerprint
+            resume_run_id = tracking.killed_run_without_epochs(params, same)
     with tracking.tracked_run(
         params,
         stage,
         tags={**run_tags, **(tags or {})},
         parent_run_id=parent_run_id,
         finished_on=finished_on,
-        resume_run_id=start.run_id if start else None,
+        resume_run_id=resume_run_id,
     ) as run:
         system.run_id = run.run_id
         if start is not None:
