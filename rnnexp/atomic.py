@@ -69,12 +69,26 @@ def _fsync_dir(path: Path) -> None:
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _disk_full(path: Path, exc: OSError) -> Exception:
-    """A user-facing error for a full disk or quota, naming the file not written."""
-    return RnnexpError(
-        f"{path}: not written: {os.strerror(exc.errno or errno.ENOSPC)}; "
-        f"the previous {path.name} (if any) is unchanged — free space and rerun"
-    )
+class DiskFullError(RnnexpError, OSError):
+    """No space (or quota) left while writing ``filename``: the previous file is intact.
+
+    Both an :class:`OSError` (``errno`` ENOSPC or EDQUOT, as the system raised it)
+    and an :class:`RnnexpError`, so the CLI prints its message and exits 2.
+    """
+
+    def __init__(self, path: Path, code: int) -> None:
+        OSError.__init__(self, code, os.strerror(code), str(path))
+        self.message = (
+            f"{path}: not written: {os.strerror(code)}; "
+            f"the previous {path.name} (if any) is unchanged — free space and rerun"
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+    return DiskFullError(path, exc.errno or errno.ENOSPC)
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:

@@ -133,8 +133,9 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_old_one(tmp_path, disk_f
     io_.save_checkpoint({"state_dict": {"w": torch.zeros(10)}}, path)
     before = path.read_bytes()
     disk_full_after(100)
-    with pytest.raises(RnnexpError, match=r"last\.ckpt: not written: No space left on device"):
+    with pytest.raises(RnnexpError, match=r"last\.ckpt: not written: No space left on device") as e:
         io_.save_checkpoint({"state_dict": {"w": torch.ones(10_000)}}, path)
+    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC  # still an OSError
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
 

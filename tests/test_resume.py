@@ -118,6 +118,7 @@ def test_crash_mid_epoch_resumes_same_run_with_uninterrupted_weights(
     assert sorted(ours) == sorted(theirs)
 
 
+@pytest.mark.slow  # five trainings
 def test_other_params_unreadable_or_finished_checkpoints_start_afresh(
     trained, tiny_params, prepared_dir, store, all_runs, tmp_path, capsys
 ):
@@ -229,4 +230,32 @@ def test_sigterm_ends_killed_keeps_checkpoint_and_resumes(
 
     result = run_training(params, prepared_dir, out)
     assert result.run_id == run_id
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+
+
+class InterruptAt(CrashAt):
+    """Ctrl-C (a real SIGINT) before training batch ``batch`` of epoch ``epoch``."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_interrupt_before_first_checkpoint_continues_the_killed_run(
+    trained, prepared_dir, store, all_runs, tmp_path
+):
+    reference, params = trained
+    out = tmp_path / "models"
+    before = train_runs(store, all_runs)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):  # Lightning: SystemExit(1)
+        run_training(params, prepared_dir, out, callbacks=[InterruptAt(epoch=0, batch=1)])
+    (killed,) = set(train_runs(store, all_runs)) - set(before)
+    assert store.get_run(killed).info.status == "KILLED"
+    assert not (out / "last.ckpt").exists()
+
+    result = run_training(params, prepared_dir, out)
+    assert result.run_id == killed
+    assert set(train_runs(store, all_runs)) - set(before) == {killed}
+    assert store.get_run(killed).info.status == "FINISHED"
     assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
