@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,56 @@ def test_full_disk_mid_training_fails_the_run_and_keeps_last_checkpoint(
     assert runs[0].info.status == "FAILED"
     assert "No space left on device" in runs[0].data.tags["rnnexp.error"]
     assert str(info.value) in runs[0].data.tags["rnnexp.error"]
+
+
+@pytest.mark.slow
+def test_sigkilled_tune_leaves_no_run_running_after_the_rerun(tmp_path, prepared_dir, tiny_params):
+    """The known gap: a SIGKILLed tune left its study run and its trial's run RUNNING."""
+    import optuna
+    import yaml
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    from rnnexp.data.prepare import read_meta
+    from rnnexp.tune import default_study_name
+
+    space = "tune.space={train.lr: {type: float, low: 1.0e-5, high: 3.0e-2, log: true}}"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    params = tiny_params(
+        space, f"tune.storage={storage}", "tune.n_trials=3", "tune.epochs=6", "tune.heartbeat=1"
+    )
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.to_dict()))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CI": "1"}
+    cmd = [sys.executable, "-m", "rnnexp.cli", "tune", "--params", str(params_file)]
+    cmd += ["--prepared", str(prepared_dir), "--out", str(tmp_path / "reports")]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    name = default_study_name(params, read_meta(prepared_dir)["content_hash"])
+    deadline = time.time() + 300
+    running = []
+    while time.time() < deadline and not running:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+            running = [
+                t for t in study.get_trials() if t.state == TrialState.RUNNING and t.user_attrs
+            ]
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert running, "the study should have had a running trial when killed"
+    client = MlflowClient(uri)
+    orphan = running[0].user_attrs["mlflow_run_id"]
+    parent = client.get_run(orphan).data.tags["mlflow.parentRunId"]
+    assert {client.get_run(r).info.status for r in (orphan, parent)} == {"RUNNING"}
+
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for run_id in (orphan, parent):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert "died without ending the run" in run.data.tags["rnnexp.stale"]
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
