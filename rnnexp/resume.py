@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from rnnexp import tracking
 from rnnexp.config import Params
 
 # Train params that change neither the weights nor the curves: changing them keeps
@@ -92,3 +93,42 @@ def find_resume_point(
         _note(f"{last}: {best} is missing; training from scratch")
         return None
     return ResumePoint(last, info.get("run_id"), epochs_done)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """How a training starts: from which checkpoint, in which MLflow run, with which tags."""
+
+    checkpoint: ResumePoint | None  # None: from scratch
+    run_id: str | None  # the MLflow run to continue (None: a new run)
+    tags: dict[str, str]  # for the run: fingerprint, output folder
+
+    @property
+    def ckpt_path(self) -> str | None:
+        return str(self.checkpoint.path) if self.checkpoint else None
+
+
+def plan_resume(
+    params: Params, out_dir: Path, fingerprint_: str, stage: str, enabled: bool
+) -> ResumePlan:
+    """Decide whether a training in ``out_dir`` resumes, and which run it continues.
+
+    From ``out_dir/last.ckpt`` when it is resumable (:func:`find_resume_point`),
+    continuing the run it names. Otherwise, when an earlier attempt of the same
+    training (same fingerprint, output folder and stage) was killed before its
+    first checkpoint, that run is continued from scratch
+    (:func:`rnnexp.tracking.killed_run_without_epochs`), so that one model keeps
+    one run. Disabled (tuning trials, ``resume=False``): a fresh run.
+    """
+    tags = {"rnnexp.fingerprint": fingerprint_}
+    if not enabled:
+        return ResumePlan(None, None, tags)
+    tags["rnnexp.out_dir"] = str(Path(out_dir).resolve())
+    max_epochs = params.train.max_epochs
+    start = find_resume_point(
+        out_dir / "last.ckpt", out_dir / "best.ckpt", fingerprint_, max_epochs
+    )
+    if start is not None:
+        return ResumePlan(start, start.run_id, tags)
+    run_id = tracking.killed_run_without_epochs(params, {**tags, "rnnexp.stage": stage})
+    return ResumePlan(None, run_id, tags)

@@ -23,7 +23,7 @@ from rnnexp.config import Params
 from rnnexp.data.datamodule import PreparedDataModule
 from rnnexp.logger import MlflowRunLogger
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
-from rnnexp.resume import ResumePoint, find_resume_point, fingerprint
+from rnnexp.resume import fingerprint, plan_resume
 from rnnexp.system import PixelRNNSystem
 
 BEST, LAST = "best", "last"
@@ -54,12 +54,6 @@ def build_generator(params: Params, meta: dict) -> PixelRNN:
         source_channels=meta["source_shape"][0] if meta.get("source_shape") else 0,
     )
     return PixelRNN(config)
-
-
-def _resume_point(out_dir: Path, fingerprint_: str, max_epochs: int) -> ResumePoint | None:
-    return find_resume_point(
-        out_dir / f"{LAST}.ckpt", out_dir / f"{BEST}.ckpt", fingerprint_, max_epochs
-    )
 
 
 def _progress_bar(setting: str) -> bool:
@@ -116,36 +110,27 @@ def run_training(
     }
     system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
     system.fingerprint = fingerprint(params, meta["content_hash"])
-    start = _resume_point(out_dir, system.fingerprint, t.max_epochs) if resume else None
-    if not save_checkpoints:
-        start = None
+    plan = plan_resume(params, out_dir, system.fingerprint, stage, resume and save_checkpoints)
 
     run_tags = {
         "rnnexp.data_hash": meta["content_hash"],
         "rnnexp.arch": params.model.arch,
-        "rnnexp.fingerprint": system.fingerprint,
+        **plan.tags,
     }
-    resume_run_id = start.run_id if start else None
-    if save_checkpoints:
-        run_tags["rnnexp.out_dir"] = str(out_dir.resolve())
-        if resume and start is None:  # killed before the first checkpoint?
-            same = {**run_tags, "rnnexp.stage": stage}
-            del same["rnnexp.arch"], same["rnnexp.data_hash"]  # implied by the fingerprint
-            resume_run_id = tracking.killed_run_without_epochs(params, same)
     with tracking.tracked_run(
         params,
         stage,
         tags={**run_tags, **(tags or {})},
         parent_run_id=parent_run_id,
         finished_on=finished_on,
-        resume_run_id=resume_run_id,
+        resume_run_id=plan.run_id,
     ) as run:
         system.run_id = run.run_id
-        if start is not None:
+        if plan.checkpoint is not None:
             how = "continuing its run" if run.resumed else "its run is not in this store: new"
             print(
-                f"train: resuming from {start.path} after epoch {start.epochs_done} "
-                f"({how} run {run.run_id})",
+                f"train: resuming from {plan.checkpoint.path} after epoch "
+                f"{plan.checkpoint.epochs_done} ({how} run {run.run_id})",
                 file=sys.stderr,
             )
         if on_run_start is not None:
@@ -186,7 +171,7 @@ def run_training(
             deterministic=True,
             default_root_dir=out_dir,
         )
-        trainer.fit(system, datamodule=data, ckpt_path=start.path if start else None)
+        trainer.fit(system, datamodule=data, ckpt_path=plan.ckpt_path)
         best = min(system.history, key=lambda row: row["val_bpd"])
         metrics = {
             "best/val_nll": best["val_nll"],
