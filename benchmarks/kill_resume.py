@@ -1,20 +1,23 @@
 """Kill `rnnexp train` at random moments and resume it: do all runs end equal?
 
-Prepares 8x8 digits (the first ``--images``) in a scratch folder and trains a small Row LSTM once
-without interruption (the reference). Then, per cycle, starts `rnnexp train` in a
-subprocess, SIGKILLs it at a moment drawn uniformly from the reference's duration,
-and reruns it until it completes. At the end each cycle's final weights
-(``last.ckpt`` and ``best.ckpt`` state_dict tensors) are compared with
-``torch.equal`` to the reference's, and its MLflow runs are counted.
+Prepares 8x8 digits (the first ``--images``) in a scratch folder and trains a small
+Row LSTM once without interruption (the reference). Then, per cycle, starts
+`rnnexp train` in a subprocess, SIGKILLs it at a moment drawn uniformly from the
+first 90% of the reference's duration, and reruns it until it completes. At the
+end each cycle's final weights (``last.ckpt`` and ``best.ckpt`` state_dict
+tensors) are compared with ``torch.equal`` to the reference's, and its MLflow runs
+are counted.
 
 Prints per cycle: the kill time, whether the rerun resumed from a checkpoint (a
-kill before the first epoch's checkpoint restarts from scratch), the number of
-reruns, and whether the weights are equal; then the totals.
+kill before the first epoch's checkpoint restarts from scratch, in the same MLflow
+run), the number of reruns, the MLflow runs of the cycle's output folder, and
+whether the weights are equal; then the totals.
 
 Usage: python benchmarks/kill_resume.py [--cycles 20] [--seed 0] [--epochs 4] [--images 600]
        [--keep]
 Target (issue 7): all cycles complete, all end with the reference's weights, one
-MLflow run per cycle when the kill came after the first checkpoint.
+MLflow run per cycle. Timings vary with load: a kill may come after the training
+finished ("finished first"); raise --cycles for more resumed cycles.
 """
 
 from __future__ import annotations
