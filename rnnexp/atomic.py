@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from rnnexp.errors import RnnexpError
 
 __all__ = [
     "atomic_dir",
@@ -63,11 +66,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(RnnexpError, OSError):
+    """No space (or quota) left while writing ``filename``: the previous file is intact.
+
+    Both an :class:`OSError` (``errno`` ENOSPC or EDQUOT, as the system raised it)
+    and an :class:`RnnexpError`, so the CLI prints its message and exits 2.
+    """
+
+    def __init__(self, path: Path, code: int) -> None:
+        OSError.__init__(self, code, os.strerror(code), str(path))
+        self.message = (
+            f"{path}: not written: {os.strerror(code)}; "
+            f"the previous {path.name} (if any) is unchanged — free space and rerun"
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+    return DiskFullError(path, exc.errno or errno.ENOSPC)
+
+
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temp file next to ``path``, then rename it to ``path``."""
+    """Call ``write(f)`` on a temp file next to ``path``, then rename it to ``path``.
+
+    A full disk (ENOSPC, EDQUOT) raises :class:`rnnexp.errors.RnnexpError` naming
+    ``path``; the temp file is removed in every case.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(path, exc) from exc
+        raise
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -77,9 +114,11 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Non
         # mkstemp creates 0600 files; give the result the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            raise _disk_full(path, exc) from exc
         raise
     _fsync_dir(path.parent)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 
 from rnnexp.data.prepare import read_arrays
 from rnnexp.errors import RnnexpError
@@ -70,3 +73,30 @@ class NonFiniteLossGuard(pl.Callback):
                 f"step {self._step} (batch {batch_idx}); lower train.lr or "
                 "set train.grad_clip"
             )
+
+
+class RngState(pl.Callback):
+    """Save the global random generators in checkpoints and restore them on resume.
+
+    Lightning restores weights, optimizer and loop counters but not the state of
+    ``torch``, ``numpy`` and ``random``; anything drawing from them during training
+    (dropout, augmentation) would make a resumed run differ from an uninterrupted
+    one. The state is stored as tensors and plain lists, which
+    ``torch.load(weights_only=True)`` reads.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, words, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": [version, list(words), gauss],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        version, words, gauss = state["python"]
+        random.setstate((version, tuple(words), gauss))

@@ -52,6 +52,7 @@ class NullRunHandle:
     run_id: str | None = None
     experiment_id: str | None = None
     interrupted: bool = False
+    resumed: bool = False  # never continues a run: there is none
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass

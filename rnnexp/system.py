@@ -42,6 +42,7 @@ class PixelRNNSystem(pl.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.data_info = dict(data_info or {})
         self.run_id: str | None = None
+        self.fingerprint: str | None = None  # see rnnexp.resume.fingerprint
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, list[float]] = {}
         # Everything needed to rebuild the generator from the checkpoint alone.
@@ -133,9 +134,11 @@ class PixelRNNSystem(pl.LightningModule):
             "history": list(self.history),
             "run_id": self.run_id,
             "data": self.data_info,
+            "fingerprint": self.fingerprint,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("rnnexp", {})
         self.history = list(info.get("history", []))
-        self.run_id = info.get("run_id", self.run_id)
+        # A resumed training whose run is not in this store logs to a new run: keep it.
+        self.run_id = self.run_id or info.get("run_id")

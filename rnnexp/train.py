@@ -17,12 +17,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rnnexp import tracking
-from rnnexp.callbacks import NonFiniteLossGuard, SampleGrid
+from rnnexp.callbacks import NonFiniteLossGuard, RngState, SampleGrid
 from rnnexp.checkpoint import AtomicCheckpointIO
 from rnnexp.config import Params
 from rnnexp.data.datamodule import PreparedDataModule
 from rnnexp.logger import MlflowRunLogger
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
+from rnnexp.resume import fingerprint, plan_resume
 from rnnexp.system import PixelRNNSystem
 
 BEST, LAST = "best", "last"
@@ -73,6 +74,7 @@ def run_training(
     on_run_start: Callable[[tracking.RunHandle], None] | None = None,
     finished_on: tuple[type[BaseException], ...] = (),
     save_checkpoints: bool = True,
+    resume: bool = True,
 ) -> TrainResult:
     """Train the generator of ``params`` on the prepared data, tracked in MLflow.
 
@@ -81,6 +83,10 @@ def run_training(
     ``finished_on=(TrialPruned,)`` so that a pruned trial's run ends FINISHED.
     Without ``save_checkpoints`` no checkpoint is written (the result's paths are
     then None).
+
+    When ``out_dir/last.ckpt`` holds an unfinished training of the same params and
+    data (see :mod:`rnnexp.resume`), training resumes from it and continues its
+    MLflow run; ``resume=False`` always starts afresh.
 
     Example:
         >>> result = run_training(load_params("params.yaml"))  # doctest: +SKIP
@@ -103,16 +109,30 @@ def run_training(
         "noise_level": params.data.noise_level,
     }
     system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
+    system.fingerprint = fingerprint(params, meta["content_hash"])
+    plan = plan_resume(params, out_dir, system.fingerprint, stage, resume and save_checkpoints)
 
-    run_tags = {"rnnexp.data_hash": meta["content_hash"], "rnnexp.arch": params.model.arch}
+    run_tags = {
+        "rnnexp.data_hash": meta["content_hash"],
+        "rnnexp.arch": params.model.arch,
+        **plan.tags,
+    }
     with tracking.tracked_run(
         params,
         stage,
         tags={**run_tags, **(tags or {})},
         parent_run_id=parent_run_id,
         finished_on=finished_on,
+        resume_run_id=plan.run_id,
     ) as run:
         system.run_id = run.run_id
+        if plan.checkpoint is not None:
+            how = "continuing its run" if run.resumed else "its run is not in this store: new"
+            print(
+                f"train: resuming from {plan.checkpoint.path} after epoch "
+                f"{plan.checkpoint.epochs_done} ({how} run {run.run_id})",
+                file=sys.stderr,
+            )
         if on_run_start is not None:
             on_run_start(run)
         extra: list[pl.Callback] = []
@@ -140,6 +160,7 @@ def run_training(
             callbacks=[
                 *extra,
                 NonFiniteLossGuard(),
+                RngState(),
                 SampleGrid(t.sample_every, t.sample_grid, prepared_dir=str(prepared_dir)),
                 *callbacks,
             ],
@@ -152,7 +173,7 @@ def run_training(
             deterministic=True,
             default_root_dir=out_dir,
         )
-        trainer.fit(system, datamodule=data)
+        trainer.fit(system, datamodule=data, ckpt_path=plan.ckpt_path)
         best = min(system.history, key=lambda row: row["val_bpd"])
         metrics = {
             "best/val_nll": best["val_nll"],

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnexp.data.prepare import read_arrays, read_meta
 from rnnexp.data.tasks import source_to_float
@@ -55,6 +56,32 @@ class SplitDataset(Dataset):
         return {key: t[index] for key, t in self.tensors.items()}
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``range(n)`` that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every training epoch (also after a
+    resume from a checkpoint), so epoch ``e`` sees the same order whether training
+    ran straight through or was killed and resumed: a resumed run equals an
+    uninterrupted one. (A DataLoader's own ``generator`` would instead carry its
+    state from epoch to epoch, which a checkpoint does not restore.)
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        # SeedSequence mixes (seed, epoch) into one well-spread 63-bit torch seed.
+        word = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        rng = torch.Generator().manual_seed(int(word) >> 1)
+        return iter(torch.randperm(self.n, generator=rng).tolist())
+
+
 class PreparedDataModule(pl.LightningDataModule):
     """Train/val/test loaders over the arrays written by the prepare stage."""
 
@@ -74,12 +101,11 @@ class PreparedDataModule(pl.LightningDataModule):
         check_batch_size(len(self.datasets["train"]), self.batch_size, self.prepared_dir)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

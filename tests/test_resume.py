@@ -1,0 +1,261 @@
+"""Resume: a training killed or interrupted mid-epoch continues from its last
+checkpoint, in the same MLflow run, and ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from rnnexp.callbacks import RngState
+from rnnexp.data.datamodule import EpochShuffleSampler
+from rnnexp.resume import fingerprint
+from rnnexp.train import run_training
+
+
+class Crash(Exception):
+    """Stands in for a kill in in-process tests."""
+
+
+class CrashAt(pl.Callback):
+    """Raise :class:`Crash` before training batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise Crash(f"crash at epoch {self.epoch} batch {self.batch}")
+
+
+def state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a, b):
+    sa, sb = state(a), state(b)
+    assert sa.keys() == sb.keys()
+    different = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not different, f"tensors differ after resume: {different}"
+
+
+def train_runs(client, all_runs):
+    return {
+        r.info.run_id: r for r in all_runs(client) if r.data.tags.get("rnnexp.stage") == "train"
+    }
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    a, b = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    orders = []
+    for epoch in range(3):
+        a.set_epoch(epoch)
+        orders.append(list(a))
+        assert sorted(orders[-1]) == list(range(50))  # a permutation
+    b.set_epoch(1)  # a fresh sampler jumped straight to epoch 1: what a resume does
+    assert list(b) == orders[1]
+    assert orders[0] != orders[1] != orders[2]
+    other = EpochShuffleSampler(50, seed=4)
+    other.set_epoch(1)
+    assert list(other) != orders[1]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    callback = RngState()
+    torch.save({"s": callback.state_dict()}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)  # scramble
+    callback.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True)["s"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+def test_fingerprint_ignores_display_settings_only(tiny_params):
+    base = fingerprint(tiny_params(), "h")
+    assert fingerprint(tiny_params("train.sample_every=1", "train.num_workers=1"), "h") == base
+    assert fingerprint(tiny_params("train.lr=2.0e-2"), "h") != base
+    assert fingerprint(tiny_params("model.hidden=8"), "h") != base
+    assert fingerprint(tiny_params("train.max_epochs=4"), "h") != base
+    assert fingerprint(tiny_params(), "other data") != base
+
+
+def test_crash_mid_epoch_resumes_same_run_with_uninterrupted_weights(
+    trained, tiny_params, prepared_dir, store, all_runs, tmp_path, capsys
+):
+    reference, params = trained
+    out = tmp_path / "models"
+    before = train_runs(store, all_runs)
+    with pytest.raises(Crash):  # after epoch 0's checkpoint, inside epoch 1
+        run_training(params, prepared_dir, out, callbacks=[CrashAt(epoch=1, batch=2)])
+    (crashed,) = set(train_runs(store, all_runs)) - set(before)
+    assert store.get_run(crashed).info.status == "FAILED"
+    assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 0
+
+    result = run_training(params, prepared_dir, out)
+
+    assert "resuming from" in capsys.readouterr().err
+    assert result.run_id == crashed  # the same MLflow run, continued
+    assert set(train_runs(store, all_runs)) - set(before) == {crashed}
+    run = store.get_run(crashed)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["rnnexp.resumes"] == "1"
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+    assert_same_weights(result.best_checkpoint, reference.best_checkpoint)
+    assert result.metrics == reference.metrics
+    # The curve has each epoch once, with the uninterrupted run's values.
+    ours = [(m.step, m.value) for m in store.get_metric_history(crashed, "val/bpd")]
+    theirs = [(m.step, m.value) for m in store.get_metric_history(reference.run_id, "val/bpd")]
+    assert sorted(ours) == sorted(theirs)
+
+
+@pytest.mark.slow  # five trainings
+def test_other_params_unreadable_or_finished_checkpoints_start_afresh(
+    trained, tiny_params, prepared_dir, store, all_runs, tmp_path, capsys
+):
+    reference, params = trained
+    out = tmp_path / "models"
+    with pytest.raises(Crash):
+        run_training(params, prepared_dir, out, callbacks=[CrashAt(epoch=1, batch=0)])
+    crashed_run = torch.load(out / "last.ckpt", weights_only=True)["rnnexp"]["run_id"]
+
+    # Other params: the checkpoint is not theirs.
+    other = run_training(tiny_params("train.lr=2.0e-2", "train.max_epochs=2"), prepared_dir, out)
+    assert other.run_id != crashed_run
+    assert "other params or data" in capsys.readouterr().err
+    assert store.get_run(crashed_run).info.status == "FAILED"
+
+    # A finished training: rerunning means a new training, not a resume.
+    again = run_training(tiny_params("train.lr=2.0e-2", "train.max_epochs=2"), prepared_dir, out)
+    assert again.run_id != other.run_id
+    assert_same_weights(again.last_checkpoint, other.last_checkpoint)
+
+    # A truncated checkpoint: a note, then a fresh run.
+    data = (out / "last.ckpt").read_bytes()
+    (out / "last.ckpt").write_bytes(data[: len(data) // 2])
+    fresh = run_training(params, prepared_dir, out)
+    assert "not resumable" in capsys.readouterr().err
+    assert fresh.run_id not in (crashed_run, other.run_id, again.run_id)
+    assert_same_weights(fresh.last_checkpoint, reference.last_checkpoint)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import lightning.pytorch as pl
+    from rnnexp.config import load_params
+    from rnnexp.train import run_training
+
+    class Kill(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 1:
+                os.kill(os.getpid(), signal.SIG{sig})
+
+    params = load_params(sys.argv[1], sys.argv[4:])
+    run_training(params, sys.argv[2], sys.argv[3], callbacks=[Kill()])
+    """
+)
+
+
+def run_killed(sig, params_yaml, prepared_dir, out, overrides, env):
+    code = KILLER.format(sig=sig)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(params_yaml), str(prepared_dir), str(out), *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rnnexp_train_resumes_the_same_run(
+    trained, prepared_dir, mlflow_uri, store, all_runs, tmp_path
+):
+    from conftest import PARAMS_YAML, TINY
+
+    reference, _ = trained
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    out = tmp_path / "models"
+    before = train_runs(store, all_runs)
+    killed = run_killed("KILL", PARAMS_YAML, prepared_dir, out, TINY, env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (run_id,) = set(train_runs(store, all_runs)) - set(before)
+    assert store.get_run(run_id).info.status == "RUNNING"  # nobody could end it
+
+    sets = [arg for item in [*TINY, "train.use_tuned=false"] for arg in ("--set", item)]
+    cmd = [os.path.join(os.path.dirname(sys.executable), "rnnexp"), "train", "--params"]
+    done = subprocess.run(
+        [*cmd, str(PARAMS_YAML), "--prepared", str(prepared_dir), "--out", str(out), *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+    assert set(train_runs(store, all_runs)) - set(before) == {run_id}
+    assert store.get_run(run_id).info.status == "FINISHED"
+    assert_same_weights(out / "last.ckpt", reference.last_checkpoint)
+    assert_same_weights(out / "best.ckpt", reference.best_checkpoint)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_killed_keeps_checkpoint_and_resumes(
+    trained, prepared_dir, mlflow_uri, store, all_runs, tmp_path
+):
+    from conftest import PARAMS_YAML, TINY
+
+    reference, params = trained
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    out = tmp_path / "models"
+    before = train_runs(store, all_runs)
+    stopped = run_killed("TERM", PARAMS_YAML, prepared_dir, out, TINY, env)
+    assert stopped.returncode != 0
+    (run_id,) = set(train_runs(store, all_runs)) - set(before)
+    assert store.get_run(run_id).info.status == "KILLED"
+    # The checkpoint of epoch 0 is whole (loads) and nothing half-written is left.
+    assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+    result = run_training(params, prepared_dir, out)
+    assert result.run_id == run_id
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+
+
+class InterruptAt(CrashAt):
+    """Ctrl-C (a real SIGINT) before training batch ``batch`` of epoch ``epoch``."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_interrupt_before_first_checkpoint_continues_the_killed_run(
+    trained, prepared_dir, store, all_runs, tmp_path
+):
+    reference, params = trained
+    out = tmp_path / "models"
+    before = train_runs(store, all_runs)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):  # Lightning: SystemExit(1)
+        run_training(params, prepared_dir, out, callbacks=[InterruptAt(epoch=0, batch=1)])
+    (killed,) = set(train_runs(store, all_runs)) - set(before)
+    assert store.get_run(killed).info.status == "KILLED"
+    assert not (out / "last.ckpt").exists()
+
+    result = run_training(params, prepared_dir, out)
+    assert result.run_id == killed
+    assert set(train_runs(store, all_runs)) - set(before) == {killed}
+    assert store.get_run(killed).info.status == "FINISHED"
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
