@@ -17,8 +17,8 @@ import time
 
 import pytest
 import torch
+from helpers import BIN, GIT_ENV, make_project, run
 from mlflow import MlflowClient
-from test_pipeline import BIN, GIT_ENV, make_project, run
 
 pytestmark = pytest.mark.slow
 

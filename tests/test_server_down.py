@@ -13,23 +13,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import PARAMS_YAML, TINY
+from helpers import free_port, start_server
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-SERVER_START_S = 120  # mlflow server on a busy 2-core machine: ~10 s, 60+ s seen under load
 
 TRAINER = textwrap.dedent(
     """
@@ -55,12 +52,6 @@ TRAINER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``mlflow server`` over a SQLite file, startable again on the same port."""
 
@@ -75,22 +66,7 @@ class Server:
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
-        log = (self.root / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root
-        )
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"mlflow server did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.3)
+        self.proc = start_server(cmd, self.root / "server.log", self.url)
 
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash would, and wait until it is gone."""
