@@ -22,6 +22,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Params of a project copy whose whole pipeline runs in seconds (no tuning).
+TINY_PIPELINE = {
+    "model.hidden": 4,
+    "model.layers": 1,
+    "model.head_hidden": 8,
+    "model.input_kernel": 3,
+    "train.max_epochs": 2,
+    "train.sample_every": 1,
+    "tune.n_trials": 0,
+}
 SERVER_START_S = 120  # mlflow server on a busy 2-core machine: ~10 s, 60+ s seen under load
 
 GIT_ENV = {

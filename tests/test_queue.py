@@ -13,22 +13,13 @@ import sys
 import time
 
 import pytest
-from helpers import make_git_project, project_env, run
+from helpers import TINY_PIPELINE, make_git_project, project_env, run
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
 QUEUE_TIMEOUT_S = 900
-TINY_PIPELINE = {
-    "model.hidden": 4,
-    "model.layers": 1,
-    "model.head_hidden": 8,
-    "model.input_kernel": 3,
-    "train.max_epochs": 2,
-    "train.sample_every": 0,
-    "tune.n_trials": 0,
-    "evaluate.n_samples": 4,
-}
+TINY_PIPELINE = {**TINY_PIPELINE, "train.sample_every": 0, "evaluate.n_samples": 4}
 LRS = {"exp-lr-a": 0.002, "exp-lr-b": 0.008}
 
 

@@ -12,22 +12,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import BIN, free_port, make_git_project, project_env, run, start_server, stop_server
+from helpers import (
+    BIN,
+    TINY_PIPELINE,
+    free_port,
+    make_git_project,
+    project_env,
+    run,
+    start_server,
+    stop_server,
+)
 from mlflow import MlflowClient
 
 from rnnexp import cli
 from rnnexp.errors import RnnexpError
 from rnnexp.server import ServerOptions, server_command
-
-TINY_PIPELINE = {
-    "model.hidden": 4,
-    "model.layers": 1,
-    "model.head_hidden": 8,
-    "model.input_kernel": 3,
-    "train.max_epochs": 2,
-    "train.sample_every": 1,
-    "tune.n_trials": 0,
-}
 
 
 def _arg(cmd: list[str], flag: str) -> str:

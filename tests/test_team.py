@@ -6,7 +6,7 @@ import configparser
 import re
 
 import pytest
-from helpers import ROOT, make_git_project, project_env, run
+from helpers import ROOT, TINY_PIPELINE, make_git_project, project_env, run
 
 # Keys under which DVC remotes keep secrets (s3, azure, gs, ssh, http, webdav, oss...).
 CREDENTIAL_KEY = re.compile(
@@ -14,16 +14,7 @@ CREDENTIAL_KEY = re.compile(
     r"|connection_string|^user$|ask_password)",
     re.IGNORECASE,
 )
-TINY_PIPELINE = {
-    "model.hidden": 4,
-    "model.layers": 1,
-    "model.head_hidden": 8,
-    "model.input_kernel": 3,
-    "train.max_epochs": 2,
-    "train.sample_every": 1,
-    "tune.n_trials": 0,
-    "evaluate.n_samples": 4,
-}
+TINY_PIPELINE = {**TINY_PIPELINE, "evaluate.n_samples": 4}
 
 
 def _dvc_config(path) -> configparser.ConfigParser:
