@@ -13,7 +13,7 @@ experiment below reruns only train and evaluate. Then times
 The four learning rates differ, so DVC's run-cache restores none of them. Prints
 both wall-clock times and their ratio.
 
-Usage: python benchmarks/queue.py [--epochs 15] [--keep]
+Usage: python benchmarks/dvc_queue.py [--epochs 15] [--keep]
 Target (issue 6): queued <= 75 % of sequential on the 2-core machine.
 """
 
