@@ -115,9 +115,9 @@ def plan_resume(
 
     From ``out_dir/last.ckpt`` when it is resumable (:func:`find_resume_point`),
     continuing the run it names. Otherwise, when an earlier attempt of the same
-    training (same fingerprint, output folder and stage) was killed before its
-    first checkpoint, that run is continued from scratch
-    (:func:`rnnexp.tracking.killed_run_without_epochs`), so that one model keeps
+    training (same fingerprint, output folder and stage) was killed with no
+    checkpoint to resume from, that run is continued from scratch
+    (:func:`rnnexp.tracking.killed_run_to_continue`), so that one model keeps
     one run. Disabled (tuning trials, ``resume=False``): a fresh run.
     """
     tags = {"rnnexp.fingerprint": fingerprint_}
@@ -130,5 +130,5 @@ def plan_resume(
     )
     if start is not None:
         return ResumePlan(start, start.run_id, tags)
-    run_id = tracking.killed_run_without_epochs(params, {**tags, "rnnexp.stage": stage})
+    run_id = tracking.killed_run_to_continue(params, {**tags, "rnnexp.stage": stage})
     return ResumePlan(None, run_id, tags)

@@ -436,13 +436,15 @@ def _reopen_run(
     return handle
 
 
-def killed_run_without_epochs(params: Params, tags: Mapping[str, str]) -> str | None:
-    """The run to continue for a training killed before its first checkpoint, if any.
+def killed_run_to_continue(params: Params, tags: Mapping[str, str]) -> str | None:
+    """The run to continue for a training killed with no checkpoint to resume, if any.
 
     That is the newest run of the experiment carrying all of ``tags`` (stage, output
-    folder, fingerprint), when it ended KILLED, or is RUNNING for a dead process,
-    and logged no ``val/bpd``. A kill that early leaves no checkpoint naming the
-    run, so without this the rerun would open a second run for the same model.
+    folder, fingerprint), when it ended KILLED, or is RUNNING for a dead process.
+    A kill before the first checkpoint, or between logging an epoch's metrics and
+    writing its checkpoint, leaves no checkpoint naming the run, so without this
+    the rerun would open a second run for the same model. The rerun starts from
+    scratch in that run (deterministic: epochs it logged again repeat their values).
     """
     if not params.tracking.enabled or not is_global_zero(params.train.devices):
         return None  # this process opens no run, so it continues none
@@ -460,8 +462,6 @@ def killed_run_without_epochs(params: Params, tags: Mapping[str, str]) -> str | 
     if not found:
         return None
     run = found[0]
-    if "val/bpd" in run.data.metrics:
-        return None
     if run.info.status == "KILLED":
         return run.info.run_id
     if run.info.status == "RUNNING" and run.data.tags.get("rnnexp.host") == socket.gethostname():

@@ -259,3 +259,28 @@ def test_interrupt_before_first_checkpoint_continues_the_killed_run(
     assert set(train_runs(store, all_runs)) - set(before) == {killed}
     assert store.get_run(killed).info.status == "FINISHED"
     assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+
+
+@pytest.mark.slow
+def test_kill_after_an_epoch_was_logged_but_not_checkpointed_keeps_one_run(
+    trained, prepared_dir, store, all_runs, tmp_path
+):
+    """The window between logging epoch 1's metrics and writing its checkpoint: with
+    the checkpoints gone the rerun starts over, still in the killed run."""
+    reference, params = trained
+    out = tmp_path / "models"
+    before = train_runs(store, all_runs)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run_training(params, prepared_dir, out, callbacks=[InterruptAt(epoch=1, batch=1)])
+    (killed,) = set(train_runs(store, all_runs)) - set(before)
+    assert [m.step for m in store.get_metric_history(killed, "val/bpd")] == [0]
+    for checkpoint in out.iterdir():  # as if the kill came before they were written
+        checkpoint.unlink()
+
+    result = run_training(params, prepared_dir, out)
+    assert result.run_id == killed
+    assert set(train_runs(store, all_runs)) - set(before) == {killed}
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+    history = store.get_metric_history(killed, "val/bpd")
+    epoch0 = [m.value for m in history if m.step == 0]
+    assert len(epoch0) == 2 and epoch0[0] == epoch0[1]  # logged again, same value

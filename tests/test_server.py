@@ -43,6 +43,11 @@ def test_default_command_binds_localhost_with_sqlite_store_and_served_artifacts(
     assert "--serve-artifacts" in cmd and "--app-name" not in cmd
     assert "MLFLOW_AUTH_CONFIG_PATH" not in env
     assert not (tmp_path / "srv").exists()  # building the command writes nothing
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no GenAI job workers
+    _, env = server_command(
+        ServerOptions(root=tmp_path / "srv", port=5123), {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "1"}
+    )
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "1"  # the user's choice wins
 
 
 def test_postgres_backend_and_host_are_passed_through(tmp_path):
