@@ -50,9 +50,10 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> str:
 
 
 def experiment_refs(repo: Path, env: dict) -> int:
-    """How many experiments DVC has recorded (git refs under refs/exps)."""
+    """How many experiments DVC has recorded: refs/exps/<sha prefix>/<sha>/<name>
+    (not its working refs under refs/exps/exec and refs/exps/celery)."""
     refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo, env)
-    return len(refs.split())
+    return sum(1 for ref in refs.split() if ref.split("/")[2] not in ("exec", "celery"))
 
 
 def wait_for_queue(repo: Path, env: dict, done: int, timeout: float = 3600) -> str:

@@ -2,19 +2,23 @@
 
 Prepares 8x8 digits (the first ``--images``) in a scratch folder and trains a small
 Row LSTM once without interruption (the reference). Then, per cycle, starts
-`rnnexp train` in a subprocess, SIGKILLs it at a moment drawn uniformly from the
-first 90% of the reference's duration, and reruns it until it completes. At the
+`rnnexp train` in a subprocess, SIGKILLs it at a moment drawn uniformly from
+``--earliest`` seconds (default 0) to 90% of the reference's duration, and reruns
+it until it completes (``--earliest`` past Python's start-up puts more kills
+inside the training itself). At the
 end each cycle's final weights (``last.ckpt`` and ``best.ckpt`` state_dict
 tensors) are compared with ``torch.equal`` to the reference's, and its MLflow runs
 are counted.
 
 Prints per cycle: the kill time, whether the rerun resumed from a checkpoint (a
 kill before the first epoch's checkpoint restarts from scratch, in the same MLflow
-run), the number of reruns, the MLflow runs of the cycle's output folder, and
-whether the weights are equal; then the totals.
+run; a kill after the run ended FINISHED, while the process exits, leaves a
+finished training, which a rerun trains anew in a new run), the number of reruns,
+the MLflow runs of the cycle's output folder, and whether the weights are equal;
+then the totals.
 
 Usage: python benchmarks/kill_resume.py [--cycles 20] [--seed 0] [--epochs 4] [--images 600]
-       [--keep]
+       [--earliest 0] [--keep]
 Target (issue 7): all cycles complete, all end with the reference's weights, one
 MLflow run per cycle. Timings vary with load: a kill may come after the training
 finished ("finished first"); raise --cycles for more resumed cycles.
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--images", type=int, default=600, help="digits used (of 1,797)")
+    parser.add_argument("--earliest", type=float, default=0.0, help="earliest kill (s)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -95,10 +100,17 @@ def main() -> None:
         duration = time.perf_counter() - start
         print(f"reference: {args.epochs} epochs in {duration:.1f} s")
 
-        totals = {"completed": 0, "resumed": 0, "restarted": 0, "equal": 0, "one_run": 0}
+        totals = {
+            "completed": 0,
+            "resumed": 0,
+            "restarted": 0,
+            "after_finish": 0,
+            "equal": 0,
+            "one_run": 0,
+        }
         for cycle in range(args.cycles):
             out = scratch / f"cycle{cycle}"
-            kill_at = rng.uniform(0, 0.9 * duration)  # mostly before it would finish
+            kill_at = rng.uniform(min(args.earliest, 0.9 * duration), 0.9 * duration)
             proc = subprocess.Popen(
                 train_cmd(out, args.epochs),
                 cwd=scratch,
@@ -127,23 +139,30 @@ def main() -> None:
                 same_weights(out / name, scratch / "reference" / name)
                 for name in ("last.ckpt", "best.ckpt")
             )
-            runs = count_runs(env["MLFLOW_TRACKING_URI"], out)
+            found = runs_of(env["MLFLOW_TRACKING_URI"], out)
+            runs = len(found)
+            # Killed after its run had ended FINISHED (while the process exited): the
+            # training was complete, so the rerun is a new training (and a new run).
+            after = killed and not resumed and runs == 2 and found[0].info.status == "FINISHED"
             totals["completed"] += finished
             totals["resumed"] += resumed
-            totals["restarted"] += killed and not resumed
+            totals["after_finish"] += after
+            totals["restarted"] += killed and not resumed and not after
             totals["equal"] += equal
             totals["one_run"] += runs == 1
+            how = "resumed" if resumed else "after its run finished" if after else "from scratch"
             print(
                 f"cycle {cycle:2d}: kill at {kill_at:5.1f} s "
                 f"{'killed' if killed else 'finished first'}, "
-                f"{'resumed' if resumed else 'from scratch' if killed else '-'}, "
+                f"{how if killed else '-'}, "
                 f"reruns {reruns}, MLflow train runs {runs}, weights equal {equal}"
             )
         n = args.cycles
         print(
             f"kill-resume: {totals['completed']}/{n} completed, "
             f"{totals['resumed']}/{n} resumed from a checkpoint, "
-            f"{totals['restarted']}/{n} killed before the first checkpoint (restarted), "
+            f"{totals['restarted']}/{n} killed before the first checkpoint (restarted in its run), "
+            f"{totals['after_finish']}/{n} killed after their run had finished (trained anew), "
             f"{totals['equal']}/{n} final weights equal to the uninterrupted run, "
             f"{totals['one_run']}/{n} with a single MLflow run"
         )
@@ -154,11 +173,12 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def count_runs(uri: str, out: Path) -> int:
-    """MLflow runs whose checkpoints went to ``out`` (tag ``rnnexp.out_dir``)."""
+def runs_of(uri: str, out: Path) -> list:
+    """MLflow runs whose checkpoints went to ``out`` (tag ``rnnexp.out_dir``), oldest first."""
     client = MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
-    return len(client.search_runs(ids, filter_string=f"tags.`rnnexp.out_dir` = '{out}'"))
+    found = client.search_runs(ids, filter_string=f"tags.`rnnexp.out_dir` = '{out}'")
+    return sorted(found, key=lambda run: run.info.start_time)
 
 
 PREPARE = """
