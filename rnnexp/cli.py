@@ -9,8 +9,10 @@ clear message and exit with status 2; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import io
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -435,5 +437,21 @@ def main(argv: list[str] | None = None) -> int:
     return status or 0
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then a fast exit.
+
+    Tearing down the interpreter after torch, Lightning and MLflow were imported
+    takes seconds (measured 1-5 s on 2 cores), all after the stage's outputs are
+    written and its MLflow run has ended: a kill then would look like a failed
+    stage that had in fact finished. So, once main returns, the exit handlers run
+    (logging and MLflow flush there) and the process ends without module teardown.
+    """
+    status = main()
+    atexit._run_exitfuncs()  # what a normal exit runs, minus the module teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -354,3 +354,28 @@ def test_no_run_is_left_running(pipeline, store, all_runs):
     stages = {r.data.tags.get("rnnexp.stage") for r in runs}
     assert {"fetch", "prepare", "train"} <= stages
     assert {r.info.status for r in runs} <= ENDED
+
+
+def test_console_script_flushes_its_output_and_keeps_the_exit_status(tmp_path):
+    """The `rnnexp` script ends with os._exit: output through pipes must still arrive."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "rnnexp"
+    ok = subprocess.run(
+        [script, "server", "--dry-run", "--root", str(tmp_path / "srv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "mlflow server" in ok.stdout.replace("'", "")
+    bad = subprocess.run(
+        [script, "sample", "--n", "0", "--params", str(PARAMS_YAML)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2
+    assert "--n must be at least 1" in bad.stderr
