@@ -149,15 +149,20 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 # While training, one quick try per request: a dead server must not stall training
 # for MLflow's default retry schedule (about 4 minutes per request). The final
 # delivery at the end of the run uses the user's MLFLOW_HTTP_REQUEST_* settings.
-_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+FAIL_FAST_TIMEOUT_S = 10
 RETRY_EVERY_S = 10.0  # while undelivered items wait, retry at most this often
 UNDELIVERED_DIR = "mlflow-undelivered"
 
 
 @contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in _FAIL_FAST}
-    os.environ.update(_FAIL_FAST)
+def _fail_fast(timeout_s: float = FAIL_FAST_TIMEOUT_S) -> Iterator[None]:
+    """MLflow HTTP requests inside: no retries, ``timeout_s`` seconds each."""
+    fast = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s)),
+    }
+    saved = {k: os.environ.get(k) for k in fast}
+    os.environ.update(fast)
     try:
         yield
     finally:
@@ -483,9 +488,8 @@ def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
         return MlflowClient(tracking_uri=uri), uri
     except Exception as exc:  # e.g. an unknown scheme: a bad URI, the user's to fix
         source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise RnnexpError(
-            f"{source} {uri!r}: cannot open the MLflow tracking store: {first}"
+            f"{source} {uri!r}: cannot open the MLflow tracking store: {_first_line(exc)}"
         ) from None
 
 
@@ -707,24 +711,12 @@ def probe_store(params: Params, timeout_s: float = 10.0) -> str:
     turned off for the probe, so an unreachable server fails within ``timeout_s``.
     Raises :class:`RnnexpError` saying what failed.
     """
-    from rnnexp.errors import RnnexpError
-
     uri = tracking_uri(params)
-    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
     try:
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = _experiment_id(client, params.tracking.experiment, uri)
-        client.set_experiment_tag(experiment_id, "rnnexp.last_probe", str(int(time.time())))
+        with _fail_fast(timeout_s):
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = _experiment_id(client, params.tracking.experiment, uri)
+            client.set_experiment_tag(experiment_id, "rnnexp.last_probe", str(int(time.time())))
     except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RnnexpError(f"{uri}: {first[:300]}") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        raise RnnexpError(f"{uri}: {_first_line(exc)}") from None
     return f"{uri} (experiment {params.tracking.experiment!r} id {experiment_id}, writable)"
