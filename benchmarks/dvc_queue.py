@@ -6,10 +6,10 @@ experiment below reruns only train and evaluate. Then times
 
 - sequential: `dvc exp run -S train.lr=A`, then `dvc exp run -S train.lr=B`
   (torch's default threads: the whole machine for one experiment at a time);
-- queued: `dvc exp run --queue -S train.lr=C` and `... D`, then
-  `dvc queue start -j 2`, until both experiments are recorded and `dvc queue
-  status` shows neither queued nor running (each worker inherits
-  OMP_NUM_THREADS=1: two experiments, one core each).
+- queued: `dvc exp run --queue -S train.lr=C -S train.threads=1` and `... D`,
+  then `dvc queue start -j 2`, until both experiments are recorded and `dvc
+  queue status` shows neither queued nor running (two experiments, one core
+  each; the runs' `rnnexp.threads` tags are checked to say 1).
 
 The four learning rates differ, so DVC's run-cache restores none of them. Prints
 both wall-clock times and their ratio.
@@ -73,6 +73,16 @@ def wait_for_queue(repo: Path, env: dict, done: int, timeout: float = 3600) -> s
     raise SystemExit(f"queue not done in {timeout} s")
 
 
+def train_threads(repo: Path) -> dict[str, str]:
+    """train.lr -> the ``rnnexp.threads`` tag of each train run in the workspace store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rnnexp")
+    runs = client.search_runs([experiment.experiment_id], "tags.`rnnexp.stage` = 'train'")
+    return {r.data.params["train.lr"]: r.data.tags.get("rnnexp.threads", "?") for r in runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15, help="train.max_epochs")
@@ -98,22 +108,24 @@ def main() -> None:
             sh(["dvc", "exp", "run", "-S", f"train.lr={lr}"], repo, env)
         sequential = time.perf_counter() - start
 
-        queue_env = {**env, "OMP_NUM_THREADS": "1"}
         for lr in ("0.004", "0.005"):
-            sh(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], repo, queue_env)
+            sets = ["-S", f"train.lr={lr}", "-S", "train.threads=1"]
+            sh(["dvc", "exp", "run", "--queue", *sets], repo, env)
         done = experiment_refs(repo, env) + 2
         start = time.perf_counter()
-        sh(["dvc", "queue", "start", "-j", "2"], repo, queue_env)
-        status = wait_for_queue(repo, queue_env, done)
+        sh(["dvc", "queue", "start", "-j", "2"], repo, env)
+        status = wait_for_queue(repo, env, done)
         queued = time.perf_counter() - start
         sh(["dvc", "queue", "stop"], repo, env)
         if status.count("Success") != 2:
             raise SystemExit(f"queued experiments did not both succeed:\n{status}")
+        threads = train_threads(repo)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"two experiments (train + evaluate, {args.epochs} epochs each on digits)")
+    print(f"torch threads per run (train.lr: threads): {threads}")
     print(f"sequential dvc exp run x2:        {sequential:.1f} s")
     print(f"dvc queue start -j 2 (2 queued):  {queued:.1f} s")
     print(f"ratio: {queued / sequential:.2f} (target <= 0.75)")

@@ -102,6 +102,7 @@ class TrainParams:
     strategy: str = _param("auto", _one_of(*STRATEGIES), "Lightning strategy")
     num_nodes: int = _param(1, _range(1, 4096), "machines taking part in distributed training")
     num_workers: int = _param(0, _range(0, 256), "DataLoader worker processes")
+    threads: int = _param(0, _range(0, 1024), "torch CPU threads per training process (0: all)")
     sample_every: int = _param(5, _range(0), "log a sample grid every N epochs (0 = never)")
     sample_grid: int = _param(16, _range(1, 1024), "images in each per-epoch sample grid")
     progress_bar: str = _param("auto", _one_of("auto", "always", "never"), "auto: not in CI")

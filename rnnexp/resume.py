@@ -28,7 +28,8 @@ from rnnexp import tracking
 from rnnexp.config import Params
 
 # Train params that change neither the weights nor the curves: changing them keeps
-# a checkpoint resumable.
+# a checkpoint resumable. train.threads is not one: torch's CPU kernels sum in a
+# thread-dependent order, so 1 and 2 threads give weights ~1e-7 apart.
 NON_SEMANTIC = frozenset(
     {
         "train.progress_bar",

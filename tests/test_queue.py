@@ -35,10 +35,12 @@ def _wait_for_queue(repo, env) -> str:
 
 @pytest.fixture(scope="module")
 def queued(tmp_path_factory):
-    env = project_env(OMP_NUM_THREADS="1")  # two experiments share the cores
+    env = project_env()
+    env.pop("OMP_NUM_THREADS", None)  # train.threads alone must bring each to one thread
     repo = make_git_project(tmp_path_factory.mktemp("queue") / "repo", TINY_PIPELINE, env)
     for name, lr in LRS.items():
-        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}"], repo, env)
+        sets = ["-S", f"train.lr={lr}", "-S", "train.threads=1"]  # two share the cores
+        run(["dvc", "exp", "run", "--queue", "-n", name, *sets], repo, env)
     run(["dvc", "queue", "start", "-j", "2"], repo, env)
     try:
         status = _wait_for_queue(repo, env)
@@ -78,6 +80,7 @@ def test_each_experiment_is_one_mlflow_run_in_the_main_workspace_store(queued):
         assert float(r.data.params["train.lr"]) == pytest.approx(LRS[name])
         assert r.data.tags["mlflow.source.git.commit"] == head
         assert r.data.tags["rnnexp.evaluated"] == "true"  # evaluate joined the same run
+        assert r.data.tags["rnnexp.threads"] == "1"  # the -S reached the queue's worker
     # both experiments trained on the same prepared data, and say which
     (data_hash,) = {r.data.tags["rnnexp.data_hash"] for r in runs}
     assert len(data_hash) == 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from PIL import Image
@@ -121,6 +122,38 @@ def test_seeded_runs_are_reproducible(trained, tiny_params, prepared_dir, store,
     other = run_training(tiny_params("train.seed=1"), prepared_dir, tmp_path / "other")
     different = weights(other.last_checkpoint)
     assert not all(torch.equal(reference[k], different[k]) for k in reference)
+
+
+class ThreadProbe(pl.Callback):
+    """Records torch's CPU thread count at each training epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.seen.append(torch.get_num_threads())
+
+
+def test_threads_param_holds_for_the_training_and_is_undone_after(
+    tiny_params, prepared_dir, store, tmp_path
+):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 thread differs from the setting outside, on any machine
+    try:
+        probe = ThreadProbe()
+        one = tiny_params("train.threads=1", "train.max_epochs=2", "train.sample_every=0")
+        result = run_training(one, prepared_dir, tmp_path / "one", callbacks=[probe])
+        assert probe.seen == [1, 1]
+        assert torch.get_num_threads() == 2
+        assert store.get_run(result.run_id).data.tags["rnnexp.threads"] == "1"
+
+        probe = ThreadProbe()
+        default = tiny_params("train.threads=0", "train.max_epochs=1", "train.sample_every=0")
+        result = run_training(default, prepared_dir, tmp_path / "default", callbacks=[probe])
+        assert probe.seen == [2]  # 0 leaves torch's setting alone
+        assert store.get_run(result.run_id).data.tags["rnnexp.threads"] == "2"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_nan_loss_stops_training_naming_the_step(
