@@ -6,10 +6,16 @@ experiment below reruns only train and evaluate. Then times
 
 - sequential: `dvc exp run -S train.lr=A`, then `dvc exp run -S train.lr=B`
   (torch's default threads: the whole machine for one experiment at a time);
-- queued: `dvc exp run --queue -S train.lr=C -S train.threads=1` and `... D`,
-  then `dvc queue start -j 2`, until both experiments are recorded and `dvc
-  queue status` shows neither queued nor running (two experiments, one core
-  each; the runs' `rnnexp.threads` tags are checked to say 1).
+- queued: `dvc exp run --queue -S train.lr=C -S train.threads=1 -S
+  evaluate.threads=1` and `... D`, then `dvc queue start -j 2`, until both
+  experiments are recorded and `dvc queue status` shows neither queued nor
+  running (two experiments, one core each; the runs' `rnnexp.threads` tags must
+  say 1).
+
+Also prints when each experiment's MLflow run (train, then evaluate) began and
+ended, in seconds after the first `dvc exp run` or after `dvc queue start`: the
+two queued spans overlap when DVC ran the experiments side by side, and the gaps
+before and after the spans are DVC's own work.
 
 The four learning rates differ, so DVC's run-cache restores none of them. Prints
 both wall-clock times and their ratio.
@@ -73,14 +79,22 @@ def wait_for_queue(repo: Path, env: dict, done: int, timeout: float = 3600) -> s
     raise SystemExit(f"queue not done in {timeout} s")
 
 
-def train_threads(repo: Path) -> dict[str, str]:
-    """train.lr -> the ``rnnexp.threads`` tag of each train run in the workspace store."""
+def run_spans(repo: Path, lrs: tuple[str, ...], since: float) -> dict[str, tuple]:
+    """train.lr -> (rnnexp.threads tag, start s, end s after ``since``) of its train run."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("rnnexp")
     runs = client.search_runs([experiment.experiment_id], "tags.`rnnexp.stage` = 'train'")
-    return {r.data.params["train.lr"]: r.data.tags.get("rnnexp.threads", "?") for r in runs}
+    return {
+        r.data.params["train.lr"]: (
+            r.data.tags.get("rnnexp.threads"),
+            r.info.start_time / 1000 - since,
+            r.info.end_time / 1000 - since,
+        )
+        for r in runs
+        if r.data.params["train.lr"] in lrs
+    }
 
 
 def main() -> None:
@@ -103,29 +117,37 @@ def main() -> None:
         sh(["git", "add", "-A"], repo, env)
         sh(["git", "commit", "-qm", "baseline"], repo, env)
 
-        start = time.perf_counter()
-        for lr in ("0.002", "0.003"):
+        sequential_lrs = ("0.002", "0.003")
+        start, sequential_at = time.perf_counter(), time.time()
+        for lr in sequential_lrs:
             sh(["dvc", "exp", "run", "-S", f"train.lr={lr}"], repo, env)
         sequential = time.perf_counter() - start
 
-        for lr in ("0.004", "0.005"):
-            sets = ["-S", f"train.lr={lr}", "-S", "train.threads=1"]
+        queued_lrs = ("0.004", "0.005")
+        for lr in queued_lrs:
+            sets = ["-S", f"train.lr={lr}", "-S", "train.threads=1", "-S", "evaluate.threads=1"]
             sh(["dvc", "exp", "run", "--queue", *sets], repo, env)
         done = experiment_refs(repo, env) + 2
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         sh(["dvc", "queue", "start", "-j", "2"], repo, env)
         status = wait_for_queue(repo, env, done)
         queued = time.perf_counter() - start
         sh(["dvc", "queue", "stop"], repo, env)
         if status.count("Success") != 2:
             raise SystemExit(f"queued experiments did not both succeed:\n{status}")
-        threads = train_threads(repo)
+        spans = run_spans(repo, queued_lrs, started_at)
+        sequential_spans = run_spans(repo, sequential_lrs, sequential_at)
+        if sorted(threads for threads, _, _ in spans.values()) != ["1", "1"]:
+            raise SystemExit(f"queued runs did not train with one thread each: {spans}")
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"two experiments (train + evaluate, {args.epochs} epochs each on digits)")
-    print(f"torch threads per run (train.lr: threads): {threads}")
+    for lr, (_, begin, end) in sorted(sequential_spans.items()):
+        print(f"sequential run train.lr={lr}: {begin:.1f} s to {end:.1f} s after the first start")
+    for lr, (_, begin, end) in sorted(spans.items()):
+        print(f"queued run train.lr={lr}: {begin:.1f} s to {end:.1f} s after queue start")
     print(f"sequential dvc exp run x2:        {sequential:.1f} s")
     print(f"dvc queue start -j 2 (2 queued):  {queued:.1f} s")
     print(f"ratio: {queued / sequential:.2f} (target <= 0.75)")

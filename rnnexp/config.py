@@ -145,6 +145,7 @@ class EvaluateParams:
     batch_size: int = _param(256, _range(1, 65536), "images per batch when scoring")
     score_samples: int = _param(1000, _range(0, 1000000), "samples scored by the classifier")
     classifier_epochs: int = _param(20, _range(1, 10000), "epochs of the scoring classifier")
+    threads: int = _param(0, _range(0, 1024), "torch CPU threads of the evaluation (0: all)")
 
 
 @dataclass(frozen=True)

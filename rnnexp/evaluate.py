@@ -40,6 +40,7 @@ from rnnexp.scores import (
     pixel_histograms,
     sample_scores,
 )
+from rnnexp.threads import torch_threads
 
 
 def bits_per_dim(nats_per_image: float, dims: int) -> float:
@@ -341,7 +342,18 @@ def evaluate_checkpoint(
     Likelihood always; with a ``classifier`` file (the classifier stage's output)
     and ``params.score_samples`` > 0 also the sample-quality scores of
     :func:`quality_scores`. ``Evaluation.notes`` says what was skipped and why.
+    Torch uses ``params.threads`` CPU threads meanwhile (0: its default).
     """
+    with torch_threads(params.threads):
+        return _evaluate(checkpoint, prepared_dir, params, classifier)
+
+
+def _evaluate(
+    checkpoint: str | Path,
+    prepared_dir: str | Path,
+    params: EvaluateParams,
+    classifier: str | Path | None,
+) -> Evaluation:
     loaded = load_checkpoint(checkpoint)
     meta = read_meta(prepared_dir)
     check_fits_data(loaded, meta, checkpoint, prepared_dir)

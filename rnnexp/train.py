@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rnnexp import tracking
@@ -27,6 +25,7 @@ from rnnexp.logger import MlflowRunLogger
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
 from rnnexp.resume import fingerprint, plan_resume
 from rnnexp.system import PixelRNNSystem
+from rnnexp.threads import torch_threads
 
 BEST, LAST = "best", "last"
 
@@ -56,22 +55,6 @@ def build_generator(params: Params, meta: dict) -> PixelRNN:
         source_channels=meta["source_shape"][0] if meta.get("source_shape") else 0,
     )
     return PixelRNN(config)
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[int]:
-    """Run the block with ``threads`` torch CPU threads (0: leave torch's setting).
-
-    Yields the thread count in effect; the previous one is restored on exit, so a
-    trial or test in the same process is not left with another's setting.
-    """
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 def _progress_bar(setting: str) -> bool:

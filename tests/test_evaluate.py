@@ -110,6 +110,30 @@ def test_evaluate_checkpoint_metrics(trained, prepared_dir, evaluation):
     assert evaluation.run_id == result.run_id
 
 
+def test_evaluation_uses_evaluate_threads_and_restores_the_setting(
+    trained, prepared_dir, monkeypatch
+):
+    import rnnexp.evaluate
+
+    seen = []
+    scored = rnnexp.evaluate.pixel_nll
+
+    def probe(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(rnnexp.evaluate, "pixel_nll", probe)
+    result, params = trained
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 thread differs from the setting outside, on any machine
+    try:
+        one = replace(params.evaluate, threads=1, score_samples=0)
+        evaluate_checkpoint(result.best_checkpoint, prepared_dir, one)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_evaluate_checkpoint_sample_grid(evaluation, trained):
     _, params = trained
     assert params.evaluate.n_samples == 4

@@ -39,7 +39,8 @@ def queued(tmp_path_factory):
     env.pop("OMP_NUM_THREADS", None)  # train.threads alone must bring each to one thread
     repo = make_git_project(tmp_path_factory.mktemp("queue") / "repo", TINY_PIPELINE, env)
     for name, lr in LRS.items():
-        sets = ["-S", f"train.lr={lr}", "-S", "train.threads=1"]  # two share the cores
+        # two experiments share the cores: one thread each
+        sets = ["-S", f"train.lr={lr}", "-S", "train.threads=1", "-S", "evaluate.threads=1"]
         run(["dvc", "exp", "run", "--queue", "-n", name, *sets], repo, env)
     run(["dvc", "queue", "start", "-j", "2"], repo, env)
     try:

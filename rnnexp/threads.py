@@ -1,0 +1,31 @@
+"""How many CPU threads torch uses in one stage's process.
+
+Torch starts one intra-op thread per core in every process. That suits one
+experiment at a time; N experiments run side by side (``dvc queue start -j N``)
+would each start that many and fight over the cores: two evaluations on 2 cores
+took 17 s with 2 threads each and 9 s with 1 thread each. ``train.threads`` and
+``evaluate.threads`` set the count per stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """Run the block with ``threads`` torch CPU threads (0: leave torch's setting).
+
+    Yields the thread count in effect; the previous one is restored on exit, so a
+    trial or test in the same process is not left with another's setting.
+    """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
