@@ -1,15 +1,19 @@
-"""Lightning callbacks for side effects that are not the model's job."""
+"""Lightning callbacks and the checkpoint writer: side effects that are not the model's job."""
 
 from __future__ import annotations
 
+import io
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from rnnexp.atomic import atomic_write_bytes
 from rnnexp.data.prepare import read_arrays
 from rnnexp.errors import RnnexpError
 from rnnexp.generate import TaskInfo, sample_picture
@@ -100,3 +104,18 @@ class RngState(pl.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         version, words, gauss = state["python"]
         random.setstate((version, tuple(words), gauss))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint writer that never leaves a half-written file.
+
+    The checkpoint is serialised in memory and moved into place with a rename, so an
+    interrupted save (kill, full disk) keeps the previous checkpoint intact.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(Path(path), buffer.getvalue())

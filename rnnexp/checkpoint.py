@@ -7,15 +7,10 @@ run code is refused. They carry what is needed to rebuild the generator
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-from rnnexp.atomic import atomic_write_bytes
 from rnnexp.errors import RnnexpError
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
 from rnnexp.safe_load import load_weights
@@ -119,18 +114,3 @@ def check_fits_data(
             f"for {', '.join(model)}, but the data has {', '.join(data)}; retrain "
             "(dvc repro train) or point at the right data"
         )
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint writer that never leaves a half-written file.
-
-    The checkpoint is serialised in memory and moved into place with a rename, so an
-    interrupted save (kill, full disk) keeps the previous checkpoint intact.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(Path(path), buffer.getvalue())

@@ -17,8 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rnnexp import tracking
-from rnnexp.callbacks import NonFiniteLossGuard, RngState, SampleGrid
-from rnnexp.checkpoint import AtomicCheckpointIO
+from rnnexp.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, RngState, SampleGrid
 from rnnexp.config import Params
 from rnnexp.data.datamodule import PreparedDataModule
 from rnnexp.logger import MlflowRunLogger

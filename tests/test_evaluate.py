@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import math
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -132,6 +135,16 @@ def test_evaluation_uses_evaluate_threads_and_restores_the_setting(
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluation_does_not_load_lightning():
+    # Lightning's import costs ~3.5 s (benchmarks/startup.py); evaluate, sample and
+    # complete only read checkpoints, so they must not pay it.
+    code = "import sys, rnnexp.cli, rnnexp.evaluate, rnnexp.generate; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = ast.literal_eval(out.stdout)
+    assert "rnnexp.evaluate" in loaded and "torch" in loaded  # the probe saw the imports
+    assert not [name for name in loaded if name.startswith("lightning")]
 
 
 def test_evaluate_checkpoint_sample_grid(evaluation, trained):

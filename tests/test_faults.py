@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rnnexp import tracking
-from rnnexp.checkpoint import AtomicCheckpointIO
+from rnnexp.callbacks import AtomicCheckpointIO
 from rnnexp.data.prepare import prepare, write_prepared
 from rnnexp.errors import RnnexpError
 from rnnexp.train import run_training
