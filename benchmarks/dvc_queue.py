@@ -51,10 +51,19 @@ GIT_ENV = {
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
+    """Run ``cmd`` and return its stdout; exit naming it if it fails.
+
+    Output goes to files, not pipes: `dvc queue start` leaves worker daemons that
+    inherit its stdout and stderr, and reading a pipe to its end would wait for
+    them to exit (the whole queue, plus the workers' 10 s idle timeout).
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=err).returncode
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stdout}\n{stderr}")
+    return stdout
 
 
 def experiment_refs(repo: Path, env: dict) -> int:
@@ -101,10 +110,11 @@ def run_spans(repo: Path, lrs: tuple[str, ...], since: float) -> dict[str, tuple
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("rnnexp")
     runs = client.search_runs([experiment.experiment_id], "tags.`rnnexp.stage` = 'train'")
+    wanted = {float(lr): lr for lr in lrs}  # MLflow holds 0.0050 as "0.005"
     spans: dict[str, tuple] = {}
     for r in runs:  # newest first: the run of this timing, not an older one of the lr
-        lr = r.data.params["train.lr"]
-        if lr in lrs and lr not in spans:
+        lr = wanted.get(float(r.data.params["train.lr"]))
+        if lr is not None and lr not in spans:
             start, end = r.info.start_time / 1000 - since, (r.info.end_time or 0) / 1000 - since
             spans[lr] = (r.data.tags.get("rnnexp.threads"), start, end)
     return spans
