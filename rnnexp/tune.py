@@ -44,8 +44,7 @@ from optuna.trial import TrialState
 
 from rnnexp import tracking
 from rnnexp.config import Params, with_overrides
-from rnnexp.data.datamodule import check_batch_size
-from rnnexp.data.prepare import read_meta
+from rnnexp.data.prepare import check_batch_size, read_meta
 from rnnexp.errors import ConfigError, RnnexpError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

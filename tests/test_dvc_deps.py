@@ -1,4 +1,5 @@
-"""dvc.yaml lists, for each stage, every rnnexp module the stage's command imports.
+"""dvc.yaml lists, for each stage, every rnnexp module the stage's command imports,
+and each command runs the rnnexp code of the workspace it runs in.
 
 A module missing from a stage's deps means a code change that alters the stage's
 output would not rerun it (`dvc repro` would call stale outputs up to date). The
@@ -10,10 +11,12 @@ included, to err on the side of listing too much).
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import make_project, project_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -96,3 +99,19 @@ def test_the_check_sees_lazy_imports_of_a_command():
     assert {"rnnexp.evaluate", "rnnexp.scores", "rnnexp.classifier"} <= evaluate
     assert "rnnexp.tune" not in evaluate  # other commands' lazy imports do not count
     assert not listed("rnnexp/scores.py", ["rnnexp/models", "rnnexp/score.py"])
+
+
+def test_stage_commands_run_the_code_of_their_own_workspace(tmp_path):
+    # DVC runs queued experiments in copies under .dvc/tmp/exps, and team clones may
+    # share one environment; the `rnnexp` console script would import the package
+    # the environment was installed from, not the copy whose code DVC recorded.
+    copy = make_project(tmp_path / "copy", {})
+    init = copy / "rnnexp" / "__init__.py"
+    init.write_text(init.read_text() + "\nprint('code of the copy')\n")
+    for stage, spec in STAGES.items():
+        out = subprocess.run(
+            f"{spec['cmd']} --help", shell=True, cwd=copy, env=project_env(),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "code of the copy" in out.stdout, f"stage {stage} ran other code: {spec['cmd']}"

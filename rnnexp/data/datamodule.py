@@ -14,26 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnexp.data.prepare import read_arrays, read_meta
+from rnnexp.data.prepare import check_batch_size, read_arrays, read_meta
 from rnnexp.data.tasks import source_to_float
-from rnnexp.errors import DataError
-
-
-def check_batch_size(n_train: int, batch_size: int, prepared_dir: str | Path) -> None:
-    """Refuse a train split smaller than one batch, naming train.batch_size and the split.
-
-    A batch size larger than the whole training split means the data or the batch
-    size is not what the user meant (e.g. a batch size tuned for another dataset),
-    so the stage stops before any run opens instead of training on one short batch.
-
-    Raises:
-        DataError: ``n_train < batch_size``.
-    """
-    if n_train < batch_size:
-        raise DataError(
-            f"{Path(prepared_dir) / 'train.npz'}: the train split has {n_train} images, fewer "
-            f"than train.batch_size={batch_size}; set train.batch_size to at most {n_train}"
-        )
 
 
 class SplitDataset(Dataset):

@@ -406,3 +406,20 @@ def read_prepared(prepared_dir: str | os.PathLike[str]) -> PreparedData:
         task=meta.get("task", "unconditional"),
         sources={s: a["source"] for s, a in arrays.items()} if has_source else None,
     )
+
+
+def check_batch_size(n_train: int, batch_size: int, prepared_dir: str | Path) -> None:
+    """Refuse a train split smaller than one batch, naming train.batch_size and the split.
+
+    A batch size larger than the whole training split means the data or the batch
+    size is not what the user meant (e.g. a batch size tuned for another dataset),
+    so the stage stops before any run opens instead of training on one short batch.
+
+    Raises:
+        DataError: ``n_train < batch_size``.
+    """
+    if n_train < batch_size:
+        raise DataError(
+            f"{Path(prepared_dir) / 'train.npz'}: the train split has {n_train} images, fewer "
+            f"than train.batch_size={batch_size}; set train.batch_size to at most {n_train}"
+        )
