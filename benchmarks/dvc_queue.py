@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -66,11 +67,15 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> str:
     return stdout
 
 
+# A recorded experiment: refs/exps/<2 hex>/<38 hex>/<name> (baseline commit, name).
+# DVC's working refs (exec/, celery/, temp/ while a queued run is merged) do not count.
+EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+")
+
+
 def experiment_refs(repo: Path, env: dict) -> int:
-    """How many experiments DVC has recorded: refs/exps/<sha prefix>/<sha>/<name>
-    (not its working refs under refs/exps/exec and refs/exps/celery)."""
+    """How many experiments DVC has recorded in the repository."""
     refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo, env)
-    return sum(1 for ref in refs.split() if ref.split("/")[2] not in ("exec", "celery"))
+    return sum(1 for ref in refs.split() if EXPERIMENT_REF.fullmatch(ref))
 
 
 def wait_for_queue(repo: Path, env: dict, done: int, timeout: float = 3600) -> tuple:
