@@ -1,9 +1,13 @@
-"""Start-up of the commands that do not train: importing what `rnnexp evaluate` needs.
+"""Start-up of the commands that do not train: the imports before their first line of work.
 
-Times ``python -c "import rnnexp.cli, rnnexp.evaluate, rnnexp.tracking"`` (what the
-evaluate, sample and complete commands load before their first line of work) for
-this working tree and for an earlier commit checked out into a scratch worktree,
-interleaved, and prints the medians and their ratio.
+Times, for this working tree and for an earlier commit checked out into a scratch
+worktree, interleaved, ``python -c "import ..."`` of
+
+- evaluate: rnnexp.cli, rnnexp.evaluate, rnnexp.tracking (evaluate, sample, complete);
+- tune: rnnexp.cli, rnnexp.tune (what `rnnexp tune` loads; with ``tune.n_trials: 0``,
+  as in every DVC experiment that skips the search, that is all it does);
+
+and prints the medians and their ratio.
 
 Usage: python benchmarks/startup.py [--before REV] [--reps 7]
 """
@@ -21,13 +25,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPORTS = "import rnnexp.cli, rnnexp.evaluate, rnnexp.tracking"
+IMPORTS = {
+    "evaluate": "import rnnexp.cli, rnnexp.evaluate, rnnexp.tracking",
+    "tune": "import rnnexp.cli, rnnexp.tune",
+}
 
 
-def import_seconds(tree: Path) -> float:
+def import_seconds(tree: Path, imports: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", IMPORTS], cwd=tree, env=env, check=True)
+    subprocess.run([sys.executable, "-c", imports], cwd=tree, env=env, check=True)
     return time.perf_counter() - start
 
 
@@ -41,17 +48,23 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(old), args.before],
                        cwd=ROOT, check=True)  # fmt: skip
         try:
-            times: dict[str, list[float]] = {"before": [], "now": []}
-            import_seconds(old), import_seconds(ROOT)  # warm the .pyc and page caches
+            times = {(name, tree): [] for name in IMPORTS for tree in ("before", "now")}
+            trees = {"before": old, "now": ROOT}
+            for name, tree in times:  # warm the .pyc and page caches
+                import_seconds(trees[tree], IMPORTS[name])
             for _ in range(args.reps):
-                times["before"].append(import_seconds(old))
-                times["now"].append(import_seconds(ROOT))
+                for (name, tree), runs in times.items():
+                    runs.append(import_seconds(trees[tree], IMPORTS[name]))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
-    before, now = statistics.median(times["before"]), statistics.median(times["now"])
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"{IMPORTS!r}, median of {args.reps}")
-    print(f"before ({args.before}): {before:.2f} s   now: {now:.2f} s   ratio {now / before:.2f}")
+    print(f"median of {args.reps}, before = {args.before}")
+    for name, imports in IMPORTS.items():
+        before = statistics.median(times[name, "before"])
+        now = statistics.median(times[name, "now"])
+        print(
+            f"{name:9} before {before:.2f} s, now {now:.2f} s, ratio {now / before:.2f} ({imports})"
+        )
 
 
 if __name__ == "__main__":
