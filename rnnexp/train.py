@@ -93,99 +93,102 @@ def run_training(
         >>> result.metrics["val/bpd"]  # doctest: +SKIP
     """
     t = params.train
-    with torch_threads(t.threads) as threads:
-        out_dir = Path(out_dir)
-        pl.seed_everything(t.seed, workers=True, verbose=False)
-        data = PreparedDataModule(prepared_dir, t.batch_size, t.num_workers, seed=t.seed)
-        meta = data.meta
-        data.setup()  # fail on unusable data before a run is opened
-        generator = build_generator(params, meta)
-        shape = (meta["channels"], meta["height"], meta["width"])
-        data_info = {
-            "content_hash": meta["content_hash"],
-            "levels": meta["levels"],
-            "shape": shape,
-            "task": meta.get("task", "unconditional"),
-            "occlusion": params.data.occlusion,
-            "noise_level": params.data.noise_level,
-        }
-        system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
-        system.fingerprint = fingerprint(params, meta["content_hash"])
-        plan = plan_resume(params, out_dir, system.fingerprint, stage, resume and save_checkpoints)
+    out_dir = Path(out_dir)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    data = PreparedDataModule(prepared_dir, t.batch_size, t.num_workers, seed=t.seed)
+    meta = data.meta
+    data.setup()  # fail on unusable data before a run is opened
+    generator = build_generator(params, meta)
+    shape = (meta["channels"], meta["height"], meta["width"])
+    data_info = {
+        "content_hash": meta["content_hash"],
+        "levels": meta["levels"],
+        "shape": shape,
+        "task": meta.get("task", "unconditional"),
+        "occlusion": params.data.occlusion,
+        "noise_level": params.data.noise_level,
+    }
+    system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info)
+    system.fingerprint = fingerprint(params, meta["content_hash"])
+    plan = plan_resume(params, out_dir, system.fingerprint, stage, resume and save_checkpoints)
 
-        run_tags = {
-            "rnnexp.data_hash": meta["content_hash"],
-            "rnnexp.arch": params.model.arch,
-            "rnnexp.threads": str(threads),  # the thread count this run's timings were made with
-            **plan.tags,
-        }
-        with tracking.tracked_run(
+    run_tags = {
+        "rnnexp.data_hash": meta["content_hash"],
+        "rnnexp.arch": params.model.arch,
+        **plan.tags,
+    }
+    # torch's CPU threads (train.threads) for the run; the count is tagged, since the
+    # run's timings depend on it
+    with (
+        torch_threads(t.threads) as threads,
+        tracking.tracked_run(
             params,
             stage,
-            tags={**run_tags, **(tags or {})},
+            tags={**run_tags, "rnnexp.threads": str(threads), **(tags or {})},
             parent_run_id=parent_run_id,
             finished_on=finished_on,
             resume_run_id=plan.run_id,
-        ) as run:
-            system.run_id = run.run_id
-            if plan.checkpoint is not None:
-                how = "continuing its run" if run.resumed else "its run is not in this store: new"
-                print(
-                    f"train: resuming from {plan.checkpoint.path} after epoch "
-                    f"{plan.checkpoint.epochs_done} ({how} run {run.run_id})",
-                    file=sys.stderr,
-                )
-            if on_run_start is not None:
-                on_run_start(run)
-            extra: list[pl.Callback] = []
-            if save_checkpoints:
-                extra.append(
-                    ModelCheckpoint(
-                        dirpath=out_dir,
-                        filename=BEST,
-                        monitor="val/bpd",
-                        mode="min",
-                        save_top_k=1,
-                        save_last=True,
-                        enable_version_counter=False,
-                    )
-                )
-            trainer = pl.Trainer(
-                max_epochs=t.max_epochs,
-                accelerator=t.accelerator,
-                devices=t.devices,
-                strategy=t.strategy,
-                num_nodes=t.num_nodes,
-                precision=t.precision,
-                gradient_clip_val=t.grad_clip or None,
-                logger=MlflowRunLogger(run, params.tracking.experiment),
-                callbacks=[
-                    *extra,
-                    NonFiniteLossGuard(),
-                    RngState(),
-                    SampleGrid(t.sample_every, t.sample_grid, prepared_dir=str(prepared_dir)),
-                    *callbacks,
-                ],
-                enable_checkpointing=save_checkpoints,
-                plugins=[AtomicCheckpointIO()],
-                num_sanity_val_steps=0,
-                log_every_n_steps=1,  # metrics are logged per epoch; silences a warning
-                enable_progress_bar=_progress_bar(t.progress_bar),
-                enable_model_summary=_progress_bar(t.progress_bar),
-                deterministic=True,
-                default_root_dir=out_dir,
+        ) as run,
+    ):
+        system.run_id = run.run_id
+        if plan.checkpoint is not None:
+            how = "continuing its run" if run.resumed else "its run is not in this store: new"
+            print(
+                f"train: resuming from {plan.checkpoint.path} after epoch "
+                f"{plan.checkpoint.epochs_done} ({how} run {run.run_id})",
+                file=sys.stderr,
             )
-            trainer.fit(system, datamodule=data, ckpt_path=plan.ckpt_path)
-            best = min(system.history, key=lambda row: row["val_bpd"])
-            metrics = {
-                "best/val_nll": best["val_nll"],
-                "best/val_bpd": best["val_bpd"],
-                "best/epoch": best["epoch"],
-            }
-            run.log_metrics(metrics)
-            best_path = last_path = None
-            if save_checkpoints:
-                best_path, last_path = out_dir / f"{BEST}.ckpt", out_dir / f"{LAST}.ckpt"
-                if params.tracking.log_checkpoint:
-                    run.log_artifact(best_path, "checkpoints")
-        return TrainResult(run.run_id, best_path, last_path, metrics, len(system.history))
+        if on_run_start is not None:
+            on_run_start(run)
+        extra: list[pl.Callback] = []
+        if save_checkpoints:
+            extra.append(
+                ModelCheckpoint(
+                    dirpath=out_dir,
+                    filename=BEST,
+                    monitor="val/bpd",
+                    mode="min",
+                    save_top_k=1,
+                    save_last=True,
+                    enable_version_counter=False,
+                )
+            )
+        trainer = pl.Trainer(
+            max_epochs=t.max_epochs,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            strategy=t.strategy,
+            num_nodes=t.num_nodes,
+            precision=t.precision,
+            gradient_clip_val=t.grad_clip or None,
+            logger=MlflowRunLogger(run, params.tracking.experiment),
+            callbacks=[
+                *extra,
+                NonFiniteLossGuard(),
+                RngState(),
+                SampleGrid(t.sample_every, t.sample_grid, prepared_dir=str(prepared_dir)),
+                *callbacks,
+            ],
+            enable_checkpointing=save_checkpoints,
+            plugins=[AtomicCheckpointIO()],
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,  # metrics are logged per epoch; silences a warning
+            enable_progress_bar=_progress_bar(t.progress_bar),
+            enable_model_summary=_progress_bar(t.progress_bar),
+            deterministic=True,
+            default_root_dir=out_dir,
+        )
+        trainer.fit(system, datamodule=data, ckpt_path=plan.ckpt_path)
+        best = min(system.history, key=lambda row: row["val_bpd"])
+        metrics = {
+            "best/val_nll": best["val_nll"],
+            "best/val_bpd": best["val_bpd"],
+            "best/epoch": best["epoch"],
+        }
+        run.log_metrics(metrics)
+        best_path = last_path = None
+        if save_checkpoints:
+            best_path, last_path = out_dir / f"{BEST}.ckpt", out_dir / f"{LAST}.ckpt"
+            if params.tracking.log_checkpoint:
+                run.log_artifact(best_path, "checkpoints")
+    return TrainResult(run.run_id, best_path, last_path, metrics, len(system.history))
