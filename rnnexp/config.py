@@ -1,112 +1,83 @@
-"""Typed schema of params.yaml.
+"""Typed schema of params.yaml (pydantic v2), the single source of truth for every stage.
 
-``params.yaml`` is the single source of truth for every stage. :func:`load_params`
-reads it with ``yaml.safe_load``, applies ``section.key=value`` overrides and checks
-every key against the dataclasses below *before* any work starts: unknown keys,
-wrong types and out-of-range values are collected into one :class:`ConfigError`
-that names each key and the file.
+:func:`load_params` checks every key before any work starts; all problems go into one
+:class:`ConfigError` naming the file and each bad key (pydantic's own text is translated)."""
 
-Example:
-    >>> params = load_params("params.yaml", ["train.max_epochs=2"])  # doctest: +SKIP
-    >>> params.train.max_epochs  # doctest: +SKIP
-    2
-"""
-
-from __future__ import annotations
-
-import dataclasses
+import copy
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from rnnexp.errors import ConfigError
 
-# A constraint is a predicate plus the words that describe it in an error message.
-Check = tuple[typing.Callable[[Any], bool], str]
+DataSource = Literal["digits", "idx", "image-folder"]
+Arch = Literal["row_lstm", "diagonal_bilstm", "pixelcnn"]
+Task = Literal["unconditional", "class", "completion", "denoise", "upscale"]
+Occlusion = Literal["lower_half", "random_box"]
+Precision = Literal["32-true", "32", "16-mixed", "bf16-mixed", "64-true"]
+Accelerator = Literal["cpu", "gpu", "cuda", "mps", "auto"]
+Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
+DATA_SOURCES, ARCHS, TASKS, OCCLUSIONS, PRECISIONS, ACCELERATORS, STRATEGIES = map(
+    typing.get_args, (DataSource, Arch, Task, Occlusion, Precision, Accelerator, Strategy)
+)
+MAX_SEED = 2**32 - 1  # numpy's RandomState refuses larger seeds
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
-def _range(low: float | None = None, high: float | None = None, *, open_low=False) -> Check:
-    def ok(v: Any) -> bool:
-        if low is not None and (v <= low if open_low else v < low):
-            return False
-        return high is None or v <= high
+class _Section(BaseModel):
+    """Immutable; strict: no bool for an int, no string (YAML 1.1 ``1e-3``) for a float."""
 
-    lo = "" if low is None else (f"> {low}" if open_low else f">= {low}")
-    hi = "" if high is None else f"<= {high}"
-    return ok, " and ".join(s for s in (lo, hi) if s)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-def _one_of(*choices: str) -> Check:
-    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+class DataParams(_Section):
+    source: DataSource = Field("digits", description="where the images come from")
+    path: str | None = Field(None, description="local folder for idx / image-folder sources")
+    url: str | None = Field(None, description="base URL of IDX files (needs data.sha256)")
+    sha256: dict[str, str] = Field(default_factory=dict, description="IDX file name -> sha256")
+    image_size: int | None = Field(None, ge=1, le=1024, description="resize image-folder images")
+    levels: int = Field(17, ge=2, le=256, description="quantisation levels per channel")
+    val_fraction: float = Field(0.1, gt=0.0, le=0.9, description="share for validation")
+    test_fraction: float = Field(0.1, gt=0.0, le=0.9, description="share for test")
+    seed: Seed = Field(0, description="seed of the train/val/test split")
+    task: Task = Field("unconditional", description="what the generator is asked to do")
+    occlusion: Occlusion = Field("lower_half", description="completion: hidden region")
+    noise_level: float = Field(0.2, gt=0.0, le=1.0, description="denoise: noise std")
 
 
-def _param(default: Any, check: Check | None = None, doc: str = "") -> Any:
-    """A dataclass field with an optional range/choice check and a one-line doc."""
-    meta = {"check": check, "doc": doc}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+class ModelParams(_Section):
+    arch: Arch = Field("row_lstm", description="generator architecture")
+    hidden: int = Field(32, ge=1, le=4096, description="hidden size h of each recurrent layer")
+    layers: int = Field(2, ge=1, le=64, description="number of recurrent layers")
+    kernel: int = Field(3, ge=1, le=31, description="width k of the 1xk convolutions (odd)")
+    input_kernel: int = Field(7, ge=1, le=31, description="masked input convolution (odd)")
+    head_hidden: int = Field(64, ge=1, le=4096, description="width of the output head")
 
 
-DATA_SOURCES = ("digits", "idx", "image-folder")
-ARCHS = ("row_lstm", "diagonal_bilstm", "pixelcnn")
-TASKS = ("unconditional", "class", "completion", "denoise", "upscale")
-OCCLUSIONS = ("lower_half", "random_box")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
-ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
-
-
-@dataclass(frozen=True)
-class DataParams:
-    source: str = _param("digits", _one_of(*DATA_SOURCES), "where the images come from")
-    path: str | None = _param(None, doc="local folder for idx / image-folder sources")
-    url: str | None = _param(None, doc="base URL of IDX files (needs data.sha256)")
-    sha256: dict[str, str] = _param({}, doc="file name -> sha256 of downloaded IDX files")
-    image_size: int | None = _param(None, _range(1, 1024), "resize image-folder images")
-    levels: int = _param(17, _range(2, 256), "quantisation levels per channel")
-    val_fraction: float = _param(0.1, _range(0.0, 0.9, open_low=True), "share for validation")
-    test_fraction: float = _param(0.1, _range(0.0, 0.9, open_low=True), "share for test")
-    seed: int = _param(0, _range(0), "seed of the train/val/test split")
-    task: str = _param("unconditional", _one_of(*TASKS), "what the generator is asked to do")
-    occlusion: str = _param("lower_half", _one_of(*OCCLUSIONS), "completion: hidden region")
-    noise_level: float = _param(0.2, _range(0.0, 1.0, open_low=True), "denoise: noise std")
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    arch: str = _param("row_lstm", _one_of(*ARCHS), "generator architecture")
-    hidden: int = _param(32, _range(1, 4096), "hidden size h of each recurrent layer")
-    layers: int = _param(2, _range(1, 64), "number of recurrent layers")
-    kernel: int = _param(3, _range(1, 31), "width k of the 1xk convolutions (odd)")
-    input_kernel: int = _param(7, _range(1, 31), "size of the masked input convolution (odd)")
-    head_hidden: int = _param(64, _range(1, 4096), "width of the output head")
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    seed: int = _param(0, _range(0), "seed_everything seed")
-    max_epochs: int = _param(30, _range(1, 100000), "training epochs")
-    batch_size: int = _param(64, _range(1, 65536), "images per batch")
-    lr: float = _param(3.0e-3, _range(0.0, 10.0, open_low=True), "Adam learning rate")
-    weight_decay: float = _param(0.0, _range(0.0, 1.0), "AdamW weight decay")
-    grad_clip: float = _param(1.0, _range(0.0), "gradient norm clip (0 = off)")
-    precision: str = _param("32-true", _one_of(*PRECISIONS), "Lightning precision")
-    accelerator: str = _param("cpu", _one_of(*ACCELERATORS), "Lightning accelerator")
-    devices: int = _param(1, _range(1, 1024), "devices per node")
-    strategy: str = _param("auto", _one_of(*STRATEGIES), "Lightning strategy")
-    num_nodes: int = _param(1, _range(1, 4096), "machines taking part in distributed training")
-    num_workers: int = _param(0, _range(0, 256), "DataLoader worker processes")
-    threads: int = _param(0, _range(0, 1024), "torch CPU threads per training process (0: all)")
-    sample_every: int = _param(5, _range(0), "log a sample grid every N epochs (0 = never)")
-    sample_grid: int = _param(16, _range(1, 1024), "images in each per-epoch sample grid")
-    progress_bar: str = _param("auto", _one_of("auto", "always", "never"), "auto: not in CI")
-    use_tuned: bool = _param(True, doc="merge the tune stage's best params over these")
+class TrainParams(_Section):
+    seed: Seed = Field(0, description="seed_everything seed")
+    max_epochs: int = Field(30, ge=1, le=100000, description="training epochs")
+    batch_size: int = Field(64, ge=1, le=65536, description="images per batch")
+    lr: float = Field(3.0e-3, gt=0.0, le=10.0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0 = off)")
+    precision: Precision = Field("32-true", description="Lightning precision")
+    accelerator: Accelerator = Field("auto", description="auto: a GPU when there is one")
+    devices: int = Field(1, ge=1, le=1024, description="devices per node")
+    strategy: Strategy = Field("auto", description="Lightning strategy")
+    num_nodes: int = Field(1, ge=1, le=4096, description="machines in distributed training")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
+    threads: int = Field(0, ge=0, le=1024, description="torch CPU threads per process (0: all)")
+    sample_every: int = Field(5, ge=0, description="log a sample grid every N epochs (0 = never)")
+    sample_grid: int = Field(16, ge=1, le=1024, description="images in each sample grid")
+    progress_bar: Literal["auto", "always", "never"] = Field("auto", description="auto: not in CI")
+    use_tuned: bool = Field(True, description="merge the tune stage's best params over these")
 
 
 DEFAULT_SPACE = {
@@ -114,117 +85,130 @@ DEFAULT_SPACE = {
     "model.hidden": {"type": "int", "low": 16, "high": 48, "step": 16},
     "model.layers": {"type": "int", "low": 1, "high": 3},
 }
-SPACE_TYPES = ("float", "int", "categorical")
+SPACE_KEYS = {
+    "float": {"type", "low", "high", "log"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+SPACE_TYPES = tuple(SPACE_KEYS)
 TUNABLE_SECTIONS = ("model", "train")
 
 
-@dataclass(frozen=True)
-class TuneParams:
+class TuneParams(_Section):
     """Hyperparameter search of the tune stage (Optuna)."""
 
-    n_trials: int = _param(8, _range(0, 100000), "trials to finish (0: skip, keep params)")
-    timeout: float | None = _param(None, _range(0.0, open_low=True), "study time budget (s)")
-    epochs: int = _param(10, _range(1, 100000), "max epochs of each trial")
-    study_name: str | None = _param(None, doc="null: derived from the search settings")
-    storage: str | None = _param(None, doc="null: sqlite:///<repo>/optuna.db; journal:<file>")
-    sampler: str = _param("tpe", _one_of("tpe", "random"), "Optuna sampler (seeded)")
-    seed: int = _param(0, _range(0), "sampler seed")
-    pruner: str = _param("median", _one_of("median", "hyperband", "none"), "Optuna pruner")
-    startup_trials: int = _param(3, _range(0, 100000), "trials before pruning starts")
-    metric: str = _param("val/bpd", _one_of("val/bpd", "val/nll"), "metric to minimise")
-    heartbeat: int = _param(30, _range(1, 86400), "heartbeat of RDB storages (s)")
-    workers: int = _param(1, _range(1, 256), "worker processes of the tune stage")
-    space: dict[str, dict] = _param(DEFAULT_SPACE, doc="param -> {type, low, high, ...}")
+    n_trials: int = Field(8, ge=0, le=100000, description="trials to finish (0: skip the search)")
+    timeout: float | None = Field(None, gt=0.0, description="study time budget (s)")
+    epochs: int = Field(10, ge=1, le=100000, description="max epochs of each trial")
+    study_name: str | None = Field(None, description="null: derived from the search settings")
+    storage: str | None = Field(None, description="null: sqlite:///<repo>/optuna.db")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler (seeded)")
+    seed: Seed = Field(0, description="sampler seed")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Optuna pruner")
+    startup_trials: int = Field(3, ge=0, le=100000, description="trials before pruning starts")
+    metric: Literal["val/bpd", "val/nll"] = Field("val/bpd", description="metric to minimise")
+    heartbeat: int = Field(30, ge=1, le=86400, description="heartbeat of RDB storages (s)")
+    workers: int = Field(1, ge=1, le=256, description="worker processes of the tune stage")
+    # param -> {type, low, high, ...}: checked by _space_errors, which tries the end values
+    space: dict[str, dict[str, Any]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    seed: int = _param(0, _range(0), "seed of the sample grid")
-    n_samples: int = _param(64, _range(1, 100000), "images in the sample grid")
-    temperature: float = _param(1.0, _range(0.0, 100.0, open_low=True), "sampling temperature")
-    batch_size: int = _param(256, _range(1, 65536), "images per batch when scoring")
-    score_samples: int = _param(1000, _range(0, 1000000), "samples scored by the classifier")
-    classifier_epochs: int = _param(20, _range(1, 10000), "epochs of the scoring classifier")
-    threads: int = _param(0, _range(0, 1024), "torch CPU threads of the evaluation (0: all)")
+class EvaluateParams(_Section):
+    seed: Seed = Field(0, description="seed of the sample grid")
+    n_samples: int = Field(64, ge=1, le=100000, description="images in the sample grid")
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="sampling temperature")
+    batch_size: int = Field(256, ge=1, le=65536, description="images per batch when scoring")
+    score_samples: int = Field(1000, ge=0, le=1000000, description="samples the classifier scores")
+    classifier_epochs: int = Field(20, ge=1, le=10000, description="scoring classifier epochs")
+    classifier_threads: int = Field(0, ge=0, description="torch CPU threads of the classifier")
+    threads: int = Field(0, ge=0, le=1024, description="torch CPU threads of the evaluation")
 
 
-@dataclass(frozen=True)
-class TrackingParams:
-    experiment: str = _param("rnnexp", doc="MLflow experiment name")
-    uri: str | None = _param(None, doc="tracking URI; default sqlite:///<repo>/mlflow.db")
-    log_checkpoint: bool = _param(True, doc="log the best checkpoint as a run artifact")
-    enabled: bool = _param(True, doc="false: log nothing to MLflow (benchmarks, offline runs)")
+class TrackingParams(_Section):
+    experiment: str = Field("rnnexp", description="MLflow experiment name")
+    uri: str | None = Field(None, description="tracking URI; default sqlite:///<repo>/mlflow.db")
+    log_checkpoint: bool = Field(True, description="log the best checkpoint as a run artifact")
+    enabled: bool = Field(True, description="false: log nothing to MLflow")
 
 
-@dataclass(frozen=True)
-class Params:
-    data: DataParams = field(default_factory=DataParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    tune: TuneParams = field(default_factory=TuneParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
+class Params(_Section):
+    """All of params.yaml; ``Params()`` holds the defaults."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
 
     def flat(self) -> dict[str, Any]:
         """``{"section.key": value}`` for every param, as logged to MLflow."""
-        out = {}
-        for section in dataclasses.fields(self):
-            for key, value in dataclasses.asdict(getattr(self, section.name)).items():
-                out[f"{section.name}.{key}"] = value
-        return out
+        return {f"{s}.{k}": v for s, keys in self.to_dict().items() for k, v in keys.items()}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """``{section: {key: value}}``, plain values only (a fresh copy)."""
+        return self.model_dump()
 
 
-_SECTION_TYPES: dict[str, type] = typing.get_type_hints(Params)
+_SECTION_TYPES: dict[str, Any] = {n: f.annotation for n, f in Params.model_fields.items()}
 SECTIONS = tuple(_SECTION_TYPES)
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def _type_name(tp: Any) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join([_type_name(a) for a in args] + ["null"])
-    if typing.get_origin(tp) is dict:
-        inner = "strings" if typing.get_args(tp)[1] is str else "mappings"
-        return f"a mapping of strings to {inner}"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join([_type_name(a) for a in args if a is not type(None)] + ["null"])
+    if origin is dict:
+        return f"a mapping of strings to {'strings' if args[1] is str else 'mappings'}"
     return names.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Check ``value`` against type ``tp``; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return True, None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner)
-    if origin is dict:
-        value_type = typing.get_args(tp)[1]
-        ok = isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, value_type) for k, v in value.items()
-        )
-        return ok, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    return isinstance(value, tp), value
-
-
 def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        hint = ""
-        if _FLOAT_RE.match(value):
-            hint = f" (YAML reads {value} as a string; write it with a decimal point, e.g. 1.0e-3)"
-        return f"the string {value!r}{hint}"
-    return f"{value!r} ({type(value).__name__})"
+    if not isinstance(value, str):
+        return f"{value!r} ({type(value).__name__})"
+    hint = f" (YAML reads {value} as a string; write it with a decimal point, e.g. 1.0e-3)"
+    return f"the string {value!r}{hint if _FLOAT_RE.match(value) else ''}"
+
+
+def _problem(kind: str, field: FieldInfo, value: Any) -> str:
+    """What is wrong with ``value`` for ``field``, given pydantic's error type."""
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bounds = [f"{op} {getattr(m, n)}" for m in field.metadata for n, op in _BOUNDS.items()
+                  if hasattr(m, n)]  # fmt: skip
+        return f"{value!r} is out of range (must be {' and '.join(bounds)})"
+    if kind == "literal_error" and isinstance(value, str):
+        return f"{value!r} is out of range (must be {_type_name(field.annotation)})"
+    if kind == "finite_number":
+        return f"expected a finite number, got {value!r}"
+    return f"expected {_type_name(field.annotation)}, got {_describe(value)}"
+
+
+def _messages(exc: ValidationError, raw: dict) -> list[str]:
+    """pydantic's errors as one line per bad key, in the words of this module."""
+    out: dict[str, str] = {}
+    for err in exc.errors():
+        section, *rest = err["loc"]
+        if not rest:  # a whole section: unknown, or not a mapping
+            out[str(section)] = (
+                f"unknown section {section!r} (known: {', '.join(SECTIONS)})"
+                if err["type"] == "extra_forbidden"
+                else f"{section}: expected a mapping of keys, got {_describe(raw[section])}"
+            )
+            continue
+        key = rest[0]
+        fields, where = _SECTION_TYPES[section].model_fields, f"{section}.{key}"
+        if err["type"] == "extra_forbidden":
+            out[where] = f"{where}: unknown key (known keys of {section}: {', '.join(fields)})"
+        else:  # a dict's errors sit deeper (loc section.key.item): one line for the key
+            problem = _problem(err["type"], fields[key], raw[section][key])
+            out.setdefault(where, f"{where}: {problem}")
+    return list(out.values())
 
 
 def validate(raw: Any, source: str, check_space: bool = True) -> Params:
@@ -233,50 +217,26 @@ def validate(raw: Any, source: str, check_space: bool = True) -> Params:
     Args:
         raw: the mapping read from the params file (after overrides).
         source: how the file is named in error messages.
+        check_space: also check ``tune.space`` (off while checking one of its values).
     """
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    errors: list[str] = []
-    sections = {}
-    for name in raw:
-        if name not in SECTIONS:
-            errors.append(f"unknown section {name!r} (known: {', '.join(SECTIONS)})")
-    for name, cls in _SECTION_TYPES.items():
-        given = raw.get(name) or {}
-        if not isinstance(given, dict):
-            errors.append(f"{name}: expected a mapping of keys, got {_describe(given)}")
-            continue
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in given.items():
-            where = f"{name}.{key}"
-            if key not in fields:
-                known = ", ".join(fields) or "none yet"
-                errors.append(f"{where}: unknown key (known keys of {name}: {known})")
-                continue
-            ok, value = _coerce(value, hints[key])
-            if not ok:
-                want = _type_name(hints[key])
-                errors.append(f"{where}: expected {want}, got {_describe(value)}")
-                continue
-            check = fields[key].metadata.get("check")
-            if check is not None and value is not None and not check[0](value):
-                errors.append(f"{where}: {value!r} is out of range (must be {check[1]})")
-                continue
-            values[key] = value
-        if not errors:
-            sections[name] = cls(**values)
+    raw = {name: {} if value is None else value for name, value in raw.items()}
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = _messages(exc, raw)
+    else:
+        errors = _consistency_errors(params)
+        if check_space and not errors:  # else every space value repeats the same error
+            errors = _space_errors(params)
     if errors:
         raise ConfigError(f"{source}: invalid params:\n  - " + "\n  - ".join(errors))
-    params = Params(**sections)
-    _check_consistency(params, source, check_space)
     return params
 
 
-def _check_consistency(p: Params, source: str, check_space: bool = True) -> None:
+def _consistency_errors(p: Params) -> list[str]:
     """Rules that involve more than one key."""
     errors = []
     if p.data.val_fraction + p.data.test_fraction >= 1.0:
@@ -288,66 +248,58 @@ def _check_consistency(p: Params, source: str, check_space: bool = True) -> None
     for key in ("kernel", "input_kernel"):
         if getattr(p.model, key) % 2 == 0:
             errors.append(f"model.{key}: {getattr(p.model, key)} must be odd")
-    if check_space and not errors:  # else every space value repeats the same error
-        errors += _space_errors(p)
-    if errors:
-        raise ConfigError(f"{source}: invalid params:\n  - " + "\n  - ".join(errors))
+    return errors
+
+
+def _spec_error(name: str, spec: dict) -> str | None:
+    """What is wrong with the param and the shape of the ``tune.space`` entry ``name``."""
+    where, (section, _, key) = f"tune.space.{name}", name.partition(".")
+    if section not in TUNABLE_SECTIONS or key not in _SECTION_TYPES[section].model_fields:
+        return f"{where}: not a tunable param (model.* or train.* keys)"
+    kind = spec.get("type")
+    if kind not in SPACE_TYPES:
+        return f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {kind!r}"
+    unknown = set(spec) - SPACE_KEYS[kind]
+    if unknown:
+        return f"{where}: unknown keys {sorted(unknown, key=str)} for type {kind}"
+    if kind == "categorical":
+        ok = isinstance(spec.get("choices"), list) and spec["choices"]
+        return None if ok else f"{where}.choices: expected a non-empty list"
+    low, high = spec.get("low"), spec.get("high")
+    number = int if kind == "int" else (int, float)
+    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
+        return f"{where}: low and high must both be {'integers' if kind == 'int' else 'numbers'}"
+    if not low < high:
+        return f"{where}: low ({low}) must be below high ({high})"
+    if spec.get("log") and low <= 0:
+        return f"{where}: log scale needs low > 0, got {low}"
+    step = spec.get("step", 1)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        return f"{where}: step must be a positive integer, got {step!r}"
+    if "step" in spec and spec.get("log"):
+        return f"{where}: step and log: true cannot be combined (Optuna refuses it)"
+    return None
 
 
 def _space_errors(p: Params) -> list[str]:
     """Check ``tune.space``: known keys, well-formed ranges, and every end value valid."""
     errors = []
     for name, spec in p.tune.space.items():
-        where = f"tune.space.{name}"
-        section, _, key = name.partition(".")
-        fields = {f.name for f in dataclasses.fields(_SECTION_TYPES.get(section, object))}
-        if section not in TUNABLE_SECTIONS or key not in fields:
-            errors.append(f"{where}: not a tunable param (model.* or train.* keys)")
+        problem = _spec_error(name, spec)
+        if problem is not None:
+            errors.append(problem)
             continue
-        kind = spec.get("type")
-        allowed = {
-            "float": {"type", "low", "high", "log"},
-            "int": {"type", "low", "high", "log", "step"},
-            "categorical": {"type", "choices"},
-        }.get(kind)
-        if allowed is None:
-            errors.append(f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {kind!r}")
-            continue
-        unknown = set(spec) - allowed
-        if unknown:
-            errors.append(f"{where}: unknown keys {sorted(unknown)} for type {kind}")
-            continue
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                errors.append(f"{where}.choices: expected a non-empty list")
-                continue
-            candidates = choices
-        else:
-            low, high = spec.get("low"), spec.get("high")
-            number = int if kind == "int" else (int, float)
-            if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
-                want = "integers" if kind == "int" else "numbers"
-                errors.append(f"{where}: low and high must both be {want}")
-                continue
-            if low >= high:
-                errors.append(f"{where}: low ({low}) must be below high ({high})")
-                continue
-            if spec.get("log") and low <= 0:
-                errors.append(f"{where}: log scale needs low > 0, got {low}")
-                continue
-            candidates = [low, high]
-        for value in candidates:
+        for value in spec.get("choices") or [spec["low"], spec["high"]]:
             try:
                 with_overrides(p, {name: value})
             except ConfigError as exc:
                 reason = str(exc).split("\n  - ", 1)[-1]
-                errors.append(f"{where}: value {value!r} is invalid: {reason}")
+                errors.append(f"tune.space.{name}: value {value!r} is invalid: {reason}")
     return errors
 
 
 def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
-    """A copy of ``params`` with ``{"section.key": value}`` applied and validated."""
+    """A copy of ``params`` with ``{"section.key": value}`` applied; errors name ``source``."""
     raw = params.to_dict()
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
@@ -362,7 +314,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, value_text = text.split("=", 1)
     section, key = dotted.split(".", 1)
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = yaml.load(value_text, Loader=_UniqueKeyLoader) if value_text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
     if isinstance(value, str) and _FLOAT_RE.match(value):
@@ -370,30 +322,52 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (as DVC does)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}  # key -> line it was first given on
+        for key_node, _ in node.value:
+            if key_node.tag.endswith(":merge"):
+                continue  # "<<: *anchor" merges may override keys, as in safe_load
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class refuses it
+            if key in seen:
+                problem = f"duplicate key {key!r} (first given at line {seen[key]})"
+                raise yaml.MarkedYAMLError(problem=problem, problem_mark=key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file with ``safe_load`` only; errors name the file and line."""
+    """Read a UTF-8 YAML file as ``yaml.safe_load`` would, but refusing duplicate keys.
+
+    Raises:
+        ConfigError: naming the file (and line) if it is missing, unreadable, not UTF-8,
+            malformed, or holds a duplicate key or a tag that would build an object.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as exc:
-        # A tag such as !!python/object/apply would build objects (and run code) under
-        # yaml.load; safe_load refuses it, and so do we, saying where.
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}: refused YAML tag{where}: {exc.problem}; params files are read with "
-            "yaml.safe_load, which builds plain values only"
-        ) from None
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            # e.g. !!python/object/apply, which would run code under yaml.load
+            raise ConfigError(
+                f"{path}: refused YAML tag{where}: {problem}; params files are read with "
+                "yaml.safe_load, which builds plain values only"
+            ) from None
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
 
 
@@ -408,15 +382,14 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> 
         ConfigError: naming the file and every bad key.
     """
     raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if isinstance(raw, dict):
-        for text in overrides:
-            section, key, value = parse_override(text)
-            target = raw.setdefault(section, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"{path}: section {section!r} is not a mapping")
-            target[key] = value
+    raw = {} if raw is None else raw
+    for text in overrides if isinstance(raw, dict) else ():
+        section, key, value = parse_override(text)
+        if raw.get(section) is None:  # "train:" with no keys, or no such section yet
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{path}: section {section!r} is not a mapping")
+        raw[section][key] = value
     source = str(path) + (f" (with --set {' '.join(overrides)})" if overrides else "")
     return validate(raw, source)
 

@@ -2,8 +2,9 @@
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from rnnexp.config import Params, load_params, parse_override
+from rnnexp.config import Params, load_params, parse_override, read_yaml, with_overrides
 from rnnexp.errors import ConfigError
 
 
@@ -104,3 +105,181 @@ def test_flat_names_are_section_dot_key():
     flat = Params().flat()
     assert flat["train.lr"] == Params().train.lr
     assert all(key.count(".") == 1 for key in flat)
+
+
+def test_defaults_include_new_params_and_match_an_empty_file(tmp_path):
+    params = Params()
+    assert params.train.accelerator == "auto"
+    assert params.evaluate.classifier_threads == 0
+    assert load_params(write(tmp_path, "")) == params
+    assert load_params("params.yaml").evaluate.classifier_threads == 0
+
+
+def test_one_message_names_every_bad_key_in_the_old_form(tmp_path):
+    text = (
+        "data:\n  levels: 1\n  sha256: {a.idx: 1}\n"
+        "train:\n  lr: 1e-3\n  seed: 4294967296\n  precision: 32\n  epochs: 3\n"
+        "evaluate:\n  classifier_threads: -1\n"
+        "optimizer: {}\n"
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path, ["train.max_epochs=true"])
+    message = str(info.value)
+    head, *lines = message.split("\n  - ")
+    assert head == f"{path} (with --set train.max_epochs=true): invalid params:"
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "data.levels",
+        "data.sha256",
+        "evaluate.classifier_threads",
+        "train.epochs",
+        "train.lr",
+        "train.max_epochs",
+        "train.precision",
+        "train.seed",
+        "unknown section 'optimizer' (known",
+    ]
+    assert "data.sha256: expected a mapping of strings to strings" in message
+    assert "(YAML reads 1e-3 as a string; write it with a decimal point, e.g. 1.0e-3)" in message
+    assert "train.max_epochs: expected an integer, got True (bool)" in message
+    assert "train.precision: expected one of '32-true', '32'," in message
+    assert "train.epochs: unknown key (known keys of train: seed, max_epochs," in message
+    # pydantic's own wording never reaches the user
+    assert "validation error" not in message and "pydantic" not in message
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("train:\n  grad_clip: .nan\n", "train.grad_clip: expected a finite number, got nan"),
+        ("train:\n  lr: .inf\n", "train.lr: expected a finite number, got inf"),
+        ("tune:\n  timeout: -.inf\n", "tune.timeout: expected a finite number, got -inf"),
+        ("train:\n  seed: 4294967296\n", "train.seed: 4294967296 is out of range"),
+        ("data:\n  seed: 4294967296\n", "data.seed: 4294967296 is out of range"),
+        ("tune:\n  seed: 4294967296\n", "tune.seed: 4294967296 is out of range"),
+        ("evaluate:\n  seed: 99999999999\n", "evaluate.seed: 99999999999 is out of range"),
+        (
+            "evaluate:\n  classifier_threads: -1\n",
+            "evaluate.classifier_threads: -1 is out of range (must be >= 0)",
+        ),
+        ("evaluate:\n  classifier_threads: 1.5\n", "classifier_threads: expected an integer"),
+        ("train:\n  accelerator: tpu\n", "train.accelerator: 'tpu' is out of range (must be one"),
+        ("train:\n  lr: '0.1'\n", "train.lr: expected a number, got the string '0.1' (YAML"),
+        ("tracking:\n  experiment: 3\n", "tracking.experiment: expected a string, got 3 (int)"),
+        ("data:\n  image_size: 2.0\n", "data.image_size: expected an integer or null"),
+    ],
+)
+def test_new_rules_name_key_and_file(tmp_path, text, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: invalid params:\n  - ")
+    assert fragment in str(info.value)
+
+
+def test_largest_numpy_seed_and_ints_for_floats_are_accepted(tmp_path):
+    path = write(tmp_path, "train:\n  seed: 4294967295\n  lr: 1\n  grad_clip: 0\n")
+    params = load_params(path)
+    assert params.train.seed == 2**32 - 1
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert params.train.grad_clip == 0.0
+
+
+SPACE = "tune:\n  space:\n    {name}: {spec}\n"
+
+
+@pytest.mark.parametrize(
+    "name, spec, fragment",
+    [
+        ("model.hidden", "{type: int, low: 16, high: 48, step: 0}", "step must be a positive"),
+        ("model.hidden", "{type: int, low: 16, high: 48, step: -16}", "got -16"),
+        ("model.hidden", "{type: int, low: 16, high: 48, step: 1.5}", "got 1.5"),
+        ("model.hidden", "{type: int, low: 16, high: 64, step: 16, log: true}", "step and log"),
+        ("train.lr", "{type: float, low: 0.001, high: 0.01, step: 0.001}", "unknown keys ['step']"),
+        ("train.lr", "{type: float, low: .nan, high: 0.01}", "low (nan) must be below"),
+        ("train.seed", "{type: int, low: 0, high: 4294967296}", "value 4294967296 is invalid"),
+    ],
+)
+def test_bad_tune_space_entries_are_refused(tmp_path, name, spec, fragment):
+    path = write(tmp_path, SPACE.format(name=name, spec=spec))
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert f"{path}: invalid params:\n  - tune.space.{name}" in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_int_space_with_log_and_no_step_is_accepted(tmp_path):
+    path = write(
+        tmp_path, SPACE.format(name="model.hidden", spec="{type: int, low: 8, high: 64, log: true}")
+    )
+    assert load_params(path).tune.space["model.hidden"] == {
+        "type": "int",
+        "low": 8,
+        "high": 64,
+        "log": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "text, line, key",
+    [
+        ("train:\n  lr: 0.01\n  seed: 1\n  lr: 0.02\n", 4, "lr"),
+        ("train:\n  seed: 1\nmodel:\n  hidden: 8\ntrain:\n  seed: 2\n", 5, "train"),
+        ("tune:\n  space: {train.lr: {type: float, type: int}}\n", 2, "type"),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_file_line_and_key(tmp_path, text, line, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: malformed YAML at line {line}, column")
+    assert f"duplicate key {key!r}" in str(info.value)
+
+
+def test_duplicate_key_in_an_override_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate key 'type'"):
+        load_params(write(tmp_path, ""), ["tune.space={train.lr: {type: float, type: int}}"])
+
+
+def test_yaml_semantics_otherwise_match_safe_load(tmp_path):
+    # merge keys may override merged values, as yaml.safe_load allows
+    text = "base: &b {low: 1, high: 3}\nentry:\n  <<: *b\n  high: 5\nflag: yes\nfloat: 1e-3\n"
+    path = write(tmp_path, text)
+    assert read_yaml(path) == yaml.safe_load(text)
+    assert read_yaml(path)["entry"] == {"low": 1, "high": 5}
+    assert read_yaml("params.yaml") == yaml.safe_load(open("params.yaml"))
+
+
+def test_params_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes("train:\n  experiment: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"params.yaml: not UTF-8 text \(byte 24") as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+
+
+def test_section_given_with_no_keys_takes_overrides(tmp_path):
+    params = load_params(write(tmp_path, "train:\nmodel:\n"), ["train.max_epochs=4"])
+    assert params.train.max_epochs == 4
+    assert params.model == Params().model
+
+
+def test_params_are_immutable_and_copies_are_independent():
+    params = Params()
+    with pytest.raises(ValidationError):
+        params.train.lr = 1.0
+    raw = params.to_dict()
+    raw["tune"]["space"]["train.lr"]["low"] = 0.5
+    assert params.tune.space["train.lr"]["low"] == pytest.approx(1.0e-3)
+    assert Params().tune.space is not params.tune.space
+
+
+def test_with_overrides_validates_and_names_the_source():
+    params = with_overrides(Params(), {"train.lr": 0.01, "evaluate.classifier_threads": 2})
+    assert params.train.lr == pytest.approx(0.01)
+    assert params.evaluate.classifier_threads == 2
+    with pytest.raises(ConfigError) as info:
+        with_overrides(Params(), {"train.grad_clip": float("nan")}, "best.yaml")
+    assert str(info.value) == (
+        "best.yaml: invalid params:\n  - train.grad_clip: expected a finite number, got nan"
+    )
