@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from mlflow import MlflowClient
@@ -9,6 +11,7 @@ from mlflow import MlflowClient
 from rnnexp import tracking
 from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
+from rnnexp.util.paths import workspace_root
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +100,10 @@ def test_workspace_root_leaves_dvc_experiment_copies(tmp_path):
     repo = tmp_path / "repo"
     copy = repo / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub"
     copy.mkdir(parents=True)
-    assert tracking.workspace_root(copy) == repo
+    assert workspace_root(copy) == repo
     (repo / "dvc.yaml").write_text("stages: {}\n")
     (repo / "rnnexp").mkdir()
-    assert tracking.workspace_root(repo / "rnnexp") == repo
+    assert workspace_root(repo / "rnnexp") == repo
 
 
 def test_default_uri_is_absolute_sqlite_at_workspace_root(tmp_path, monkeypatch):
@@ -122,3 +125,24 @@ def test_artifacts_live_beside_the_sqlite_store(tmp_path, monkeypatch):
     assert (tmp_path / "mlartifacts").is_dir()
     found = list((tmp_path / "mlartifacts").rglob("note.txt"))
     assert len(found) == 1 and found[0].read_text() == "hello"
+
+
+def test_public_api_is_small_and_every_name_resolves():
+    assert len(tracking.__all__) <= 10
+    assert len(set(tracking.__all__)) == len(tracking.__all__)
+    missing = [name for name in tracking.__all__ if getattr(tracking, name, None) is None]
+    assert missing == []
+    assert tracking.MlflowRunLogger.__module__ == "rnnexp.tracking._lightning"
+    with pytest.raises(AttributeError, match="no_such_name"):
+        tracking.no_such_name  # noqa: B018
+
+
+def test_importing_tracking_does_not_load_lightning_until_the_logger_is_used():
+    code = (
+        "import sys, rnnexp.tracking as t\n"
+        "print(any(m.startswith('lightning') for m in sys.modules))\n"
+        "t.MlflowRunLogger\n"
+        "print(any(m.startswith('lightning') for m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

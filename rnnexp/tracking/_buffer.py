@@ -1,0 +1,107 @@
+"""Logging that survives a tracking server outage: keep, retry in order, or save to a file.
+
+A run opened by :func:`rnnexp.tracking.tracked_run` sends each metric, tag, image and
+artifact once, failing fast (:func:`~rnnexp.tracking._store.fail_fast`). What cannot
+be delivered waits in a :class:`RetryBuffer`, in order, and is retried with a later
+logging call (at most every :data:`RETRY_EVERY_S` seconds) and, with MLflow's own
+retries, when the run ends. Whatever is still undelivered then is written, values
+included, to ``<workspace>/mlflow-undelivered/<run_id>.json``
+(:func:`save_undelivered`): never silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnexp.tracking._store import UNREACHABLE, fail_fast, first_line
+from rnnexp.util.atomic import atomic_write_text
+from rnnexp.util.paths import workspace_root
+
+log = logging.getLogger(__name__)
+
+RETRY_EVERY_S = 10.0  # while undelivered items wait, retry at most this often
+UNDELIVERED_DIR = "mlflow-undelivered"
+
+
+@dataclass
+class Pending:
+    """A logging call that failed and waits to be retried, with what it carried."""
+
+    what: str  # for people: "metrics val/bpd, val/nll (step 3)"
+    send: Callable[[], Any] | None  # None: nothing left to send (the run's end status)
+    record: dict[str, Any]  # for the undelivered file: the values themselves
+
+
+@dataclass
+class RetryBuffer:
+    """The undelivered logging calls of run ``run_id``, oldest first."""
+
+    run_id: str
+    pending: list[Pending] = field(default_factory=list)
+    _last_try: float = field(default=0.0)
+
+    def deliver(self, what: str, send: Callable[[], Any], record: dict[str, Any]) -> None:
+        """Send now (failing fast) unless older items wait; keep it if it cannot be sent.
+
+        Items are delivered in order: while older ones wait, a new one joins the queue
+        (after a retry of the queue, if the last try is :data:`RETRY_EVERY_S` old).
+        """
+        if self.pending and time.monotonic() - self._last_try >= RETRY_EVERY_S:
+            self._retry(fast=True)
+        if not self.pending:
+            try:
+                with fail_fast():
+                    send()
+                return
+            except UNREACHABLE as exc:
+                self._last_try = time.monotonic()
+                log.warning(
+                    "MLflow store unreachable, keeping %s to retry: %s", what, first_line(exc)
+                )
+        self.pending.append(Pending(what, send, record))
+
+    def _retry(self, fast: bool) -> None:
+        """Send pending items in order; stop at the first failure."""
+        self._last_try = time.monotonic()
+        while self.pending:
+            send = self.pending[0].send
+            try:
+                if fast:
+                    with fail_fast():
+                        send()
+                else:
+                    send()
+            except UNREACHABLE:
+                return
+            self.pending.pop(0)
+        # WARNING like the note it answers: a console showing only warnings must not
+        # leave the outage looking unresolved.
+        log.warning("MLflow store reachable again: delivered what run %s kept", self.run_id)
+
+    def flush(self) -> list[Pending]:
+        """Deliver what is pending, with MLflow's own retries; return what is still not."""
+        if self.pending:
+            self._retry(fast=False)
+        return list(self.pending)
+
+
+def save_undelivered(run_id: str, uri: str, status: str, items: list[Pending]) -> str:
+    """Save what the store never got to a JSON file; return a message saying what and where."""
+    path = workspace_root() / UNDELIVERED_DIR / f"{run_id}.json"
+    record = {
+        "tracking_uri": uri,
+        "run_id": run_id,
+        "status": status,
+        "undelivered": [{"what": p.what, **p.record} for p in items],
+    }
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    whats = "; ".join(p.what for p in items)
+    return (
+        f"the MLflow store {uri} could not be reached: {len(items)} item(s) of run "
+        f"{run_id} were not logged ({whats}); they are saved in {path}"
+    )

@@ -1,0 +1,38 @@
+"""Tags saying where a run comes from: git commit and dirty flag, DVC experiment, host, pid."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+from rnnexp.tracking._liveness import process_start
+
+
+def _git(*args: str) -> str | None:
+    """``git <args>``'s output, or None when git is missing or fails (not a checkout)."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit and dirty flag, DVC experiment name, host and pid of this process.
+
+    Host, pid and the pid's start time name the process that owns the run
+    (:func:`rnnexp.tracking._liveness.owner_dead` reads them back).
+    """
+    tags = {"rnnexp.host": socket.gethostname(), "rnnexp.pid": str(os.getpid())}
+    start = process_start(os.getpid())
+    if start is not None:
+        tags["rnnexp.pid_start"] = start
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags["rnnexp.git_dirty"] = str(bool(status)).lower()
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["rnnexp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
