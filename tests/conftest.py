@@ -10,57 +10,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import TRAINED, tiny
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from rnnexp.config import load_params
 from rnnexp.data.prepare import prepare, write_prepared
-from rnnexp.data.sources import RawDataset, load_digits
+from rnnexp.data.sources import RawDataset
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO / "params.yaml"
 
-# The real params.yaml, shrunk: a 1-layer Row LSTM with h=4 trains an epoch on the
-# digits subsample below in well under a second.
-TINY = [
-    "model.hidden=4",
-    "model.layers=1",
-    "model.head_hidden=8",
-    "model.input_kernel=3",
-    "train.max_epochs=3",
-    "train.batch_size=32",
-    "train.lr=1.0e-2",
-    "train.sample_every=2",
-    "train.sample_grid=4",
-    "train.progress_bar=never",
-    "evaluate.n_samples=4",
-    "evaluate.batch_size=16",
-]
-N_IMAGES = 200  # digits subsample: 120 train, 40 val, 40 test
-
 
 @pytest.fixture(scope="session")
 def tiny_params():
-    """``tiny_params("train.seed=1", ...)``: the real params.yaml with TINY and extra overrides."""
+    """``tiny_params("train.seed=1", ...)``: params.yaml with tiny(TRAINED) and extra overrides.
+
+    TINY and TRAINED are in helpers.py; a later override of a key wins.
+    """
 
     def make(*overrides: str):
-        return load_params(PARAMS_YAML, [*TINY, *overrides])
+        return load_params(PARAMS_YAML, tiny(TRAINED, *overrides))
 
     return make
 
 
 @pytest.fixture(scope="session")
 def digits_subsample() -> RawDataset:
-    raw = load_digits()
-    return RawDataset(
-        raw.images[:N_IMAGES],
-        raw.labels[:N_IMAGES],
-        raw.max_value,
-        raw.class_names,
-        raw.source,
-        "digits[:200]",
-    )
+    return helpers.digits_subsample()
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +79,20 @@ def all_runs():
 
 
 @pytest.fixture(scope="session")
+def bad_input_world(tmp_path_factory) -> Path:
+    """The good workspace of the bad-input tests (tests/bad_input_harness.py), built once.
+
+    Every case copies it before writing its bad input, so the session shares one.
+    """
+    from bad_input_harness import build_world
+
+    return build_world(tmp_path_factory.mktemp("bad_input") / "world")
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, prepared_dir, mlflow_uri, tiny_params):
     """One tiny training run (3 epochs) on the digits subsample: (TrainResult, Params)."""
-    from rnnexp.train import run_training
+    from rnnexp.training.fit import run_training
 
     params = tiny_params()
     out = tmp_path_factory.mktemp("trained") / "models"

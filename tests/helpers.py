@@ -1,4 +1,4 @@
-"""Helpers shared by the end-to-end tests: project copies, free ports, server processes.
+"""Helpers shared by the tests: tiny params, project copies, free ports, server processes.
 
 Plain functions, imported as ``from helpers import ...`` (pytest puts ``tests/`` on
 ``sys.path``); fixtures stay in the test modules and ``conftest.py``.
@@ -6,6 +6,7 @@ Plain functions, imported as ``from helpers import ...`` (pytest puts ``tests/``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,23 +16,80 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# Params of a project copy whose whole pipeline runs in seconds (no tuning).
-TINY_PIPELINE = {
+
+# The one definition of the tests' tiny model and training sizes: the real params.yaml
+# with these keys changed trains a 1-layer Row LSTM (h=4) for an epoch on the 200-image
+# digits subsample in well under a second. Each use adds its own changes through
+# tiny() (``section.key=value`` strings for load_params and --set) or tiny_mapping()
+# (typed values for a project copy's params.yaml).
+TINY: dict[str, Any] = {
     "model.hidden": 4,
     "model.layers": 1,
     "model.head_hidden": 8,
     "model.input_kernel": 3,
     "train.max_epochs": 2,
     "train.sample_every": 1,
-    "tune.n_trials": 0,
+    "train.sample_grid": 4,
+    "evaluate.n_samples": 4,
 }
+# What conftest's tiny_params and trained fixtures add: 3 quick epochs (lr 1e-2), no
+# progress bar. Subprocess tests that must match the ``trained`` fixture use tiny(TRAINED).
+TRAINED: dict[str, Any] = {
+    "train.max_epochs": 3,
+    "train.batch_size": 32,
+    "train.lr": 1.0e-2,
+    "train.sample_every": 2,
+    "train.progress_bar": "never",
+    "evaluate.batch_size": 16,
+}
+
+
+def tiny_mapping(*changes: Mapping[str, Any]) -> dict[str, Any]:
+    """TINY with ``changes`` applied in order: ``section.key`` -> value, as make_project takes."""
+    merged = dict(TINY)
+    for change in changes:
+        merged.update(change)
+    return merged
+
+
+def _yaml_text(value: Any) -> str:
+    # JSON is YAML: true, null and numbers read back as the same value; strings stay bare.
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def tiny(*changes: Mapping[str, Any] | str) -> list[str]:
+    """TINY with ``changes`` applied, as ``section.key=value`` strings (load_params, --set).
+
+    Each change is a mapping (``{"train.max_epochs": 1}``) or one ``section.key=value``
+    string; a later change of a key replaces the earlier value (one string per key).
+    """
+    texts = {key: _yaml_text(value) for key, value in TINY.items()}
+    for change in changes:
+        if isinstance(change, str):
+            key, sep, text = change.partition("=")
+            if not sep:
+                raise ValueError(f"{change!r}: expected section.key=value")
+            texts[key] = text
+        else:
+            texts.update((key, _yaml_text(value)) for key, value in change.items())
+    return [f"{key}={text}" for key, text in texts.items()]
+
+
+def set_args(overrides: Iterable[str]) -> list[str]:
+    """``["--set", o1, "--set", o2, ...]``: overrides as rnnexp command-line arguments."""
+    return [arg for text in overrides for arg in ("--set", text)]
+
+
+# Params of a project copy whose whole pipeline runs in seconds (no tuning).
+TINY_PIPELINE = tiny_mapping({"tune.n_trials": 0})
 SERVER_START_S = 120  # mlflow server on a busy 2-core machine: ~10 s, 60+ s seen under load
 
 GIT_ENV = {
@@ -138,3 +196,21 @@ def stop_server(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+N_IMAGES = 200  # the tests' digits subsample: 120 train, 40 val, 40 test
+
+
+def digits_subsample():
+    """The first ``N_IMAGES`` of scikit-learn's digits, as the fetch stage would store them."""
+    from rnnexp.data.sources import RawDataset, load_digits
+
+    digits = load_digits()
+    return RawDataset(
+        digits.images[:N_IMAGES],
+        digits.labels[:N_IMAGES],
+        digits.max_value,
+        digits.class_names,
+        digits.source,
+        "digits[:200]",
+    )
