@@ -109,7 +109,7 @@ def reset_workspace(repo: Path, env: dict) -> None:
 
 
 def run_spans(repo: Path, lrs: tuple[str, ...], since: float) -> dict[str, tuple]:
-    """train.lr -> (rnnexp.threads tag, start s, end s after ``since``) of its train run."""
+    """train.lr -> (rnnexp.util.threads tag, start s, end s after ``since``) of its train run."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")

@@ -25,7 +25,8 @@ def study(pruner: str, trials: int, work: Path, prepared: Path) -> dict:
     import optuna
 
     from rnnexp.config import load_params
-    from rnnexp.tune import open_storage, run_tuning
+    from rnnexp.stages.tune import open_storage
+    from rnnexp.stages.tune import run as run_tuning
 
     params = load_params(
         ROOT / "params.yaml",

@@ -3,9 +3,12 @@
 Times, for this working tree and for an earlier commit checked out into a scratch
 worktree, interleaved, ``python -c "import ..."`` of
 
-- evaluate: rnnexp.cli, rnnexp.evaluate, rnnexp.tracking (evaluate, sample, complete);
-- tune: rnnexp.cli, rnnexp.tune (what `rnnexp tune` loads; with ``tune.n_trials: 0``,
+- evaluate: rnnexp.cli, the evaluate stage, rnnexp.tracking (evaluate, sample, complete);
+- tune: rnnexp.cli, the tune stage (what `rnnexp tune` loads; with ``tune.n_trials: 0``,
   as in every DVC experiment that skips the search, that is all it does);
+
+(module names of the tree's own layout: ``rnnexp.stages.*`` since the layout issue,
+``rnnexp.evaluate`` / ``rnnexp.tune`` before it)
 
 and prints the medians and their ratio.
 
@@ -26,13 +29,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORTS = {
-    "evaluate": "import rnnexp.cli, rnnexp.evaluate, rnnexp.tracking",
-    "tune": "import rnnexp.cli, rnnexp.tune",
+    "evaluate": "import rnnexp.cli, rnnexp.stages.evaluate, rnnexp.tracking",
+    "tune": "import rnnexp.cli, rnnexp.stages.tune",
 }
+OLD_LAYOUT = {"rnnexp.stages.evaluate": "rnnexp.evaluate", "rnnexp.stages.tune": "rnnexp.tune"}
+
+
+def imports_of(tree: Path, imports: str) -> str:
+    """``imports`` in the module names of ``tree``'s layout."""
+    if (tree / "rnnexp" / "stages").is_dir():
+        return imports
+    for new, old in OLD_LAYOUT.items():
+        imports = imports.replace(new, old)
+    return imports
 
 
 def import_seconds(tree: Path, imports: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    imports = imports_of(tree, imports)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", imports], cwd=tree, env=env, check=True)
     return time.perf_counter() - start

@@ -18,24 +18,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny
 from mlflow import MlflowClient
 from PIL import Image
 
-from rnnexp.checkpoint import load_checkpoint
 from rnnexp.cli import main
-from rnnexp.images import make_grid
+from rnnexp.evaluation.images import make_grid
 from rnnexp.models.sampling import sample_naive
+from rnnexp.training.checkpoint import load_checkpoint
 
-TRAIN_SET = [
-    "model.hidden=4",
-    "model.layers=1",
-    "model.head_hidden=8",
-    "model.input_kernel=3",
-    "train.max_epochs=2",
-    "train.batch_size=128",
-    "train.sample_every=1",
-    "train.sample_grid=4",
-]
+TRAIN_SET = tiny({"train.batch_size": 128})  # 2 epochs, a 4-image grid after each
 EVAL_SET = ["evaluate.n_samples=6", "evaluate.seed=3", "evaluate.score_samples=300"]
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -147,8 +139,8 @@ def test_stages_write_their_outputs(pipeline, workdir):
         "tune_trials.csv",
         "val_curve.csv",
     ]
-    assert "fetch: 1797 images" in pipeline["fetch"][1]
-    assert "train: 2 epochs" in pipeline["train"][1]
+    assert "fetch: 1797 images" in pipeline["fetch"][2]  # stage lines: stderr
+    assert "train: 2 epochs" in pipeline["train"][2]
 
 
 def test_metrics_json_is_nested_with_nll_and_bpd(pipeline, workdir):
@@ -163,13 +155,13 @@ def test_metrics_json_is_nested_with_nll_and_bpd(pipeline, workdir):
 
 
 def test_metrics_json_has_sample_scores_of_the_stage_classifier(pipeline, workdir):
-    from rnnexp.classifier import load_classifier
+    from rnnexp.evaluation.classifier import load_classifier
 
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     _, info = load_classifier(workdir / "models" / "classifier.pt")
     assert info["epochs"] == 4  # evaluate.classifier_epochs of the classifier stage
     assert metrics["classifier"]["test_accuracy"] == info["test_accuracy"]
-    assert f"classifier: test accuracy {info['test_accuracy']:.4f}" in pipeline["classifier"][1]
+    assert f"classifier: test accuracy {info['test_accuracy']:.4f}" in pipeline["classifier"][2]
     assert metrics["sample"]["samples"] == 300  # evaluate.score_samples
     # real train images sit far closer to real test images than per-pixel noise does
     floor, baseline = metrics["classifier"]["real_train_frechet"], metrics["baseline"]["frechet"]
@@ -177,7 +169,7 @@ def test_metrics_json_has_sample_scores_of_the_stage_classifier(pipeline, workdi
     assert 0 < metrics["sample"]["frechet"]
     # digits have labels: an unconditional model's completions of test images are scored
     assert 0 <= metrics["completion"]["accuracy"] <= 1
-    assert f"over 300 samples, baseline {baseline:.2f}" in pipeline["evaluate"][1]
+    assert f"over 300 samples, baseline {baseline:.2f}" in pipeline["evaluate"][2]
 
 
 def test_completions_png_is_rows_of_source_output_target(pipeline, workdir):
@@ -212,7 +204,7 @@ def test_evaluate_logs_into_the_model_run(pipeline, workdir, store, model_run_id
     assert run.data.metrics["sample/frechet"] == metrics["sample"]["frechet"]
     assert run.data.metrics["classifier/test_accuracy"] == metrics["classifier"]["test_accuracy"]
     assert run.data.tags["rnnexp.evaluated"] == "true"
-    assert f"model run {model_run_id}" in pipeline["evaluate"][1]
+    assert f"model run {model_run_id}" in pipeline["evaluate"][2]
     # and the train run has its curves per epoch
     steps = [m.step for m in store.get_metric_history(model_run_id, "val/bpd")]
     assert sorted(steps) == [0, 1]
@@ -225,7 +217,7 @@ def test_evaluate_against_another_store_creates_a_tagged_run(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     code, out, err = run_cli("evaluate", "--out", "reports_fresh", *sets(EVAL_SET))
     assert code == 0, err
-    assert "model run not in this store" in out
+    assert "model run not in this store" in err
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("rnnexp")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -263,7 +255,7 @@ def test_sample_writes_the_requested_count_deterministically(pipeline, workdir):
 
 
 def test_classifier_of_other_data_is_refused(pipeline, workdir, tmp_path):
-    from rnnexp.classifier import load_classifier, save_classifier
+    from rnnexp.evaluation.classifier import load_classifier, save_classifier
 
     model, info = load_classifier(workdir / "models" / "classifier.pt")
     other = tmp_path / "other.pt"
@@ -279,7 +271,7 @@ def test_evaluate_without_classifier_skips_scores_and_says_so(pipeline, workdir)
         "evaluate", "--classifier", "missing.pt", "--out", "reports_nocls", *sets(EVAL_SET)
     )
     assert code == 0, err
-    assert "sample scores skipped: missing.pt not found" in out
+    assert "sample scores skipped: missing.pt not found" in err
     metrics = json.loads((workdir / "reports_nocls" / "metrics.json").read_text())
     assert {"sample", "classifier"}.isdisjoint(metrics)
     assert "frechet" not in metrics["baseline"]
@@ -288,7 +280,7 @@ def test_evaluate_without_classifier_skips_scores_and_says_so(pipeline, workdir)
 
 
 def test_classifier_stage_on_unlabelled_data_writes_a_marker(workdir, store, all_runs, tmp_path):
-    from rnnexp.classifier import ClassifierUnavailable, load_classifier
+    from rnnexp.evaluation.classifier import ClassifierUnavailable, load_classifier
 
     folder = tmp_path / "flat"
     folder.mkdir()
@@ -301,7 +293,7 @@ def test_classifier_stage_on_unlabelled_data_writes_a_marker(workdir, store, all
     before = all_runs(store)
     code, out, err = run_cli("classifier", "--prepared", "prep_flat", "--out", "flat/cls.pt")
     assert code == 0, err
-    assert "none trained" in out and "has no labels" in out
+    assert "none trained" in err and "has no labels" in err
     with pytest.raises(ClassifierUnavailable, match="has no labels"):
         load_classifier(workdir / "flat" / "cls.pt")
     assert new_runs(store, all_runs, before) == []  # nothing was trained

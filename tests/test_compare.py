@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from rnnexp import tracking
-from rnnexp.compare import (
+from rnnexp.commands.compare import (
     KEY_METRICS,
     KEY_PARAMS,
     compare_runs,
@@ -88,7 +88,7 @@ def test_experiment_by_name_and_by_uri(store, logged):
 
 def test_every_page_of_search_results_is_read(store, logged, monkeypatch):
     params, ids = logged
-    monkeypatch.setattr(tracking, "_SEARCH_PAGE", 1)
+    monkeypatch.setattr(tracking._queries, "SEARCH_PAGE", 1)
     runs = tracking.find_runs(params, stage=None)
     assert [r["run_id"] for r in runs] == [ids["tune"], ids["b"], ids["a"]]
 

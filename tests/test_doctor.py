@@ -11,7 +11,7 @@ from conftest import PARAMS_YAML
 from helpers import free_port, project_env, run
 
 from rnnexp import cli
-from rnnexp.doctor import (
+from rnnexp.commands.doctor import (
     check_accelerators,
     check_data,
     check_dvc_remote,
@@ -36,7 +36,7 @@ def test_a_raising_check_fails_alone_and_sets_the_exit_code(tiny_params, tmp_pat
 def test_doctor_prints_pass_fail_lines_and_exits_1_on_a_failure(
     tiny_params, tmp_path, capsys, monkeypatch
 ):
-    import rnnexp.doctor as doctor_module
+    import rnnexp.commands.doctor as doctor_module
 
     monkeypatch.setattr(doctor_module, "CHECKS", (("ok", lambda p, r: (True, "a")),))
     assert doctor(tiny_params(), tmp_path) == 0

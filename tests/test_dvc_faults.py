@@ -17,21 +17,17 @@ import time
 
 import pytest
 import torch
-from helpers import BIN, GIT_ENV, make_project, run
+from helpers import BIN, GIT_ENV, TINY_PIPELINE, make_project, run
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
 TINY = {
-    "model.hidden": 4,
-    "model.layers": 1,
-    "model.head_hidden": 8,
-    "model.input_kernel": 3,
+    **TINY_PIPELINE,
     "train.max_epochs": 3,
     "train.batch_size": 128,
     "train.sample_every": 0,
     "train.progress_bar": "never",
-    "tune.n_trials": 0,
 }
 
 

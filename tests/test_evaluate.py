@@ -9,29 +9,32 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from rnnexp.checkpoint import load_checkpoint
-from rnnexp.classifier import train_classifier
 from rnnexp.config import EvaluateParams
 from rnnexp.data.prepare import prepare, read_arrays, read_meta, read_split, write_prepared
 from rnnexp.errors import RnnexpError
-from rnnexp.evaluate import (
+from rnnexp.evaluation.classifier import train_classifier
+from rnnexp.evaluation.generation import TaskInfo, generate
+from rnnexp.evaluation.likelihood import (
     bits_per_dim,
-    evaluate_checkpoint,
-    flat_metrics,
     independent_pixel_nll,
     model_nll,
     model_outputs,
-    quality_scores,
 )
-from rnnexp.generate import TaskInfo, generate
+from rnnexp.evaluation.sample_quality import quality_scores
+from rnnexp.evaluation.scores import (
+    classifier_features,
+    frechet_distance,
+    independent_pixel_samples,
+)
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
-from rnnexp.scores import classifier_features, frechet_distance, independent_pixel_samples
+from rnnexp.stages.evaluate import flat_metrics
+from rnnexp.stages.evaluate import run as evaluate_checkpoint
+from rnnexp.training.checkpoint import load_checkpoint
 
 # --------------------------------------------------------------------------- figures
 
@@ -116,21 +119,21 @@ def test_evaluate_checkpoint_metrics(trained, prepared_dir, evaluation):
 def test_evaluation_uses_evaluate_threads_and_restores_the_setting(
     trained, prepared_dir, monkeypatch
 ):
-    import rnnexp.evaluate
+    import rnnexp.stages.evaluate
 
     seen = []
-    scored = rnnexp.evaluate.pixel_nll
+    scored = rnnexp.stages.evaluate.pixel_nll
 
     def probe(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return scored(*args, **kwargs)
 
-    monkeypatch.setattr(rnnexp.evaluate, "pixel_nll", probe)
+    monkeypatch.setattr(rnnexp.stages.evaluate, "pixel_nll", probe)
     result, params = trained
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # so that 1 thread differs from the setting outside, on any machine
     try:
-        one = replace(params.evaluate, threads=1, score_samples=0)
+        one = params.evaluate.model_copy(update={"threads": 1, "score_samples": 0})
         evaluate_checkpoint(result.best_checkpoint, prepared_dir, one)
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
@@ -140,10 +143,11 @@ def test_evaluation_uses_evaluate_threads_and_restores_the_setting(
 def test_evaluation_does_not_load_lightning():
     # Lightning's import costs ~3.5 s (benchmarks/startup.py); evaluate, sample and
     # complete only read checkpoints, so they must not pay it.
-    code = "import sys, rnnexp.cli, rnnexp.evaluate, rnnexp.generate; print(sorted(sys.modules))"
+    modules = "rnnexp.cli, rnnexp.stages.evaluate, rnnexp.commands.sample, rnnexp.commands.complete"
+    code = f"import sys, {modules}; print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = ast.literal_eval(out.stdout)
-    assert "rnnexp.evaluate" in loaded and "torch" in loaded  # the probe saw the imports
+    assert "rnnexp.stages.evaluate" in loaded and "torch" in loaded  # the probe saw the imports
     assert not [name for name in loaded if name.startswith("lightning")]
 
 
@@ -264,8 +268,8 @@ def test_foreign_and_mismatched_checkpoints_are_refused(trained, tmp_path):
 
 
 def test_pixel_nll_sums_to_image_nll_and_hidden_region_is_lower_half():
-    from rnnexp.evaluate import hidden_region, pixel_nll
-    from rnnexp.generate import TaskInfo
+    from rnnexp.evaluation.generation import TaskInfo
+    from rnnexp.evaluation.likelihood import hidden_region, pixel_nll
     from rnnexp.models.generator import GeneratorConfig, PixelRNN
 
     torch.manual_seed(0)
@@ -283,7 +287,7 @@ def test_pixel_nll_sums_to_image_nll_and_hidden_region_is_lower_half():
 
 
 def test_heat_map_runs_from_black_to_white():
-    from rnnexp.evaluate import heat_map
+    from rnnexp.evaluation.likelihood import heat_map
 
     picture = np.asarray(heat_map(np.array([[0.0, 1.0], [2.0, 3.0]]), scale=4))
     assert picture.shape == (8, 8, 3)
@@ -310,7 +314,7 @@ def test_model_outputs_ask_each_class_in_turn_and_repeat_by_seed():
     assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
     again, _ = model_outputs(generator, TaskInfo(), arrays, params)
     assert np.array_equal(images, again)
-    other, _ = model_outputs(generator, TaskInfo(), arrays, replace(params, seed=2))
+    other, _ = model_outputs(generator, TaskInfo(), arrays, params.model_copy(update={"seed": 2}))
     assert not np.array_equal(images, other)
     # chunk 0 (seed 1) is what the cached sampler draws for those classes and seed
     first = generate(generator, 3, 4, 4, seed=1, labels=torch.tensor([0, 1, 2]))
@@ -324,7 +328,7 @@ def test_quality_scores_put_model_and_baseline_on_one_scale(trained, prepared_di
     meta = read_meta(prepared_dir)
     test = read_arrays(prepared_dir, "test", meta)
     train, _ = read_split(prepared_dir, "train", meta)
-    settings = replace(params.evaluate, score_samples=50)
+    settings = params.evaluate.model_copy(update={"score_samples": 50})
     groups = quality_scores(loaded.generator, TaskInfo(), classifier, info, test, train, settings)
     real = classifier_features(classifier, test["images"])
     samples, _ = model_outputs(loaded.generator, TaskInfo(), test, settings)

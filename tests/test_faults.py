@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from rnnexp import tracking
-from rnnexp.callbacks import AtomicCheckpointIO
 from rnnexp.data.prepare import prepare, write_prepared
 from rnnexp.errors import RnnexpError
-from rnnexp.train import run_training
+from rnnexp.training.callbacks import AtomicCheckpointIO
+from rnnexp.training.fit import run_training
 
 
 def dead_pid() -> int:
@@ -40,7 +40,7 @@ def test_stale_runs_of_dead_processes_end_killed_others_untouched(store, tiny_pa
         experiment_id = first.experiment_id
     host, me = socket.gethostname(), os.getpid()
     dead = make_run(store, experiment_id, host, dead_pid())
-    alive = make_run(store, experiment_id, host, me, tracking._process_start(me))
+    alive = make_run(store, experiment_id, host, me, tracking._liveness.process_start(me))
     reused = make_run(store, experiment_id, host, me, start="1")  # pid reused since
     elsewhere = make_run(store, experiment_id, "elsewhere.invalid", dead_pid())
 
@@ -195,7 +195,7 @@ def test_sigkilled_tune_leaves_no_run_running_after_the_rerun(tmp_path, prepared
     from optuna.trial import TrialState
 
     from rnnexp.data.prepare import read_meta
-    from rnnexp.tune import default_study_name
+    from rnnexp.stages.tune import default_study_name
 
     space = "tune.space={train.lr: {type: float, low: 1.0e-5, high: 3.0e-2, log: true}}"
     storage = f"sqlite:///{tmp_path}/optuna.db"

@@ -4,17 +4,24 @@ import json
 import math
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from rnnexp.checkpoint import load_checkpoint
 from rnnexp.cli import main
 from rnnexp.data.sources import load_images
 from rnnexp.data.tasks import build_source
-from rnnexp.generate import TaskInfo, class_labels, sample_picture, translate, triplet_grid
+from rnnexp.evaluation.generation import (
+    TaskInfo,
+    class_labels,
+    sample_picture,
+    translate,
+    triplet_grid,
+)
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
+from rnnexp.training.checkpoint import load_checkpoint
 
 LEVELS = 5
 
@@ -111,7 +118,7 @@ def test_complete_command_writes_triplets(tmp_path, capsys):
     assert main(args + ["--params", "params.yaml"]) == 0
     tile = 2 + 6 * 6
     assert Image.open(out).size == (3 * tile + 2, 2 * tile + 2)
-    assert "source | output | target" in capsys.readouterr().out
+    assert "source | output | target" in capsys.readouterr().err  # the console: stderr
 
 
 def test_sample_class_errors_are_clear(tmp_path, capsys):
@@ -149,27 +156,22 @@ def test_rgb_image_folder_through_every_stage(tmp_path, monkeypatch, mlflow_uri,
             Image.fromarray(noisy.astype(np.uint8)).save(tmp_path / "images" / f"class{k}/{n}.png")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    overrides = [
+    overrides = helpers.tiny(
         "data.source=image-folder",
         f"data.path={tmp_path / 'images'}",
         "data.image_size=4",
         "data.levels=4",
         f"data.task={task}",
         f"model.arch={arch}",
-        "model.hidden=6",
-        "model.layers=1",
+        "model.hidden=6",  # RGB: hidden sizes divisible by the 3 channels
         "model.head_hidden=6",
-        "model.input_kernel=3",
         "tune.n_trials=0",
         "train.max_epochs=1",
         "train.batch_size=8",
-        "train.sample_every=1",
-        "train.sample_grid=4",
-        "evaluate.n_samples=4",
         "evaluate.score_samples=8",
         "evaluate.classifier_epochs=2",
-    ]
-    sets = [arg for o in overrides for arg in ("--set", o)]
+    )
+    sets = helpers.set_args(overrides)
     params = ["--params", str(Path(__file__).parents[1] / "params.yaml")]
     for stage in ("fetch", "prepare", "tune", "classifier", "train", "evaluate"):
         assert main([stage, *params, *sets]) == 0, stage

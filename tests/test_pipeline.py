@@ -121,3 +121,29 @@ def test_second_repro_is_a_no_op_and_evaluate_param_reruns_only_evaluate(project
         assert f"Running stage '{stage}'" not in log
     _, after = runs_by_stage(repo)
     assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in before.items()}
+
+
+def changed_stages(repo, env) -> set[str]:
+    """The stages `dvc status` calls changed (keys may be `dvc.yaml:<stage>`)."""
+    status = json.loads(run(["dvc", "status", "--json"], repo, env) or "{}")
+    return {name.rsplit(":", 1)[-1] for name in status}
+
+
+def test_a_code_edit_reruns_only_the_stages_whose_outputs_it_decides(project):
+    repo, env, _ = project
+    run(["dvc", "repro"], repo, env)  # up to date whatever the tests before changed
+    assert changed_stages(repo, env) == set()
+    reporting = [repo / "rnnexp/cli.py", *sorted((repo / "rnnexp/commands").glob("*.py"))]
+    reporting += sorted((repo / "rnnexp/tracking").glob("*.py"))
+    expected = {path: set() for path in reporting}
+    expected[repo / "rnnexp/stages/evaluate.py"] = {"evaluate"}
+    expected[repo / "rnnexp/models/row_lstm.py"] = {"tune", "train", "evaluate"}
+    assert len(reporting) >= 8  # the commands and the tracking package are there
+    for path, stages in expected.items():
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# an edit that changes no output\n")
+        try:
+            assert changed_stages(repo, env) == stages, path.relative_to(repo)
+        finally:
+            path.write_bytes(original)
+    assert changed_stages(repo, env) == set()

@@ -13,15 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnexp import atomic
-from rnnexp.atomic import (
-    atomic_dir,
-    atomic_save_npz,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-)
-from rnnexp.data import prepare as prepare_module
+from rnnexp.data import prepared as prepared_module
 from rnnexp.data.prepare import (
     PreparedData,
     content_hash,
@@ -34,6 +26,14 @@ from rnnexp.data.prepare import (
 )
 from rnnexp.data.sources import RawDataset, load_digits
 from rnnexp.errors import DataError
+from rnnexp.util import atomic
+from rnnexp.util.atomic import (
+    atomic_dir,
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def disk_full(*args, **kwargs):
@@ -365,7 +365,7 @@ def test_write_prepared_failure_leaves_nothing(tmp_path: Path, monkeypatch) -> N
     data = prepare(id_dataset(30), levels=256, seed=0, val_fraction=0.2, test_fraction=0.2)
     write_prepared(data, tmp_path / "p")
     before = {p.name: p.read_bytes() for p in (tmp_path / "p").iterdir()}
-    monkeypatch.setattr(prepare_module, "atomic_write_json", disk_full)
+    monkeypatch.setattr(prepared_module, "atomic_write_json", disk_full)
     other = prepare(id_dataset(30), levels=16, seed=5, val_fraction=0.2, test_fraction=0.2)
     with pytest.raises(OSError):
         write_prepared(other, tmp_path / "p")

@@ -3,6 +3,7 @@ checkpoint, in the same MLflow run, and ends with the weights of an uninterrupte
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -15,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from rnnexp.callbacks import RngState
 from rnnexp.data.datamodule import EpochShuffleSampler
-from rnnexp.resume import fingerprint
-from rnnexp.train import run_training
+from rnnexp.training.callbacks import RngState
+from rnnexp.training.fit import run_training
+from rnnexp.training.resume import fingerprint
 
 
 class Crash(Exception):
@@ -92,7 +93,7 @@ def test_fingerprint_ignores_display_settings_only(tiny_params):
 
 
 def test_crash_mid_epoch_resumes_same_run_with_uninterrupted_weights(
-    trained, tiny_params, prepared_dir, store, all_runs, tmp_path, capsys
+    trained, tiny_params, prepared_dir, store, all_runs, tmp_path, caplog
 ):
     reference, params = trained
     out = tmp_path / "models"
@@ -103,9 +104,10 @@ def test_crash_mid_epoch_resumes_same_run_with_uninterrupted_weights(
     assert store.get_run(crashed).info.status == "FAILED"
     assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 0
 
-    result = run_training(params, prepared_dir, out)
+    with caplog.at_level(logging.INFO, logger="rnnexp"):  # the CLI's console shows INFO
+        result = run_training(params, prepared_dir, out)
 
-    assert "resuming from" in capsys.readouterr().err
+    assert "resuming from" in caplog.text
     assert result.run_id == crashed  # the same MLflow run, continued
     assert set(train_runs(store, all_runs)) - set(before) == {crashed}
     run = store.get_run(crashed)
@@ -122,7 +124,7 @@ def test_crash_mid_epoch_resumes_same_run_with_uninterrupted_weights(
 
 @pytest.mark.slow  # five trainings
 def test_other_params_unreadable_or_finished_checkpoints_start_afresh(
-    trained, tiny_params, prepared_dir, store, all_runs, tmp_path, capsys
+    trained, tiny_params, prepared_dir, store, all_runs, tmp_path, caplog
 ):
     reference, params = trained
     out = tmp_path / "models"
@@ -133,7 +135,7 @@ def test_other_params_unreadable_or_finished_checkpoints_start_afresh(
     # Other params: the checkpoint is not theirs.
     other = run_training(tiny_params("train.lr=2.0e-2", "train.max_epochs=2"), prepared_dir, out)
     assert other.run_id != crashed_run
-    assert "other params or data" in capsys.readouterr().err
+    assert "other params or data" in caplog.text
     assert store.get_run(crashed_run).info.status == "FAILED"
 
     # A finished training: rerunning means a new training, not a resume.
@@ -145,7 +147,7 @@ def test_other_params_unreadable_or_finished_checkpoints_start_afresh(
     data = (out / "last.ckpt").read_bytes()
     (out / "last.ckpt").write_bytes(data[: len(data) // 2])
     fresh = run_training(params, prepared_dir, out)
-    assert "not resumable" in capsys.readouterr().err
+    assert "not resumable" in caplog.text
     assert fresh.run_id not in (crashed_run, other.run_id, again.run_id)
     assert_same_weights(fresh.last_checkpoint, reference.last_checkpoint)
 
@@ -155,7 +157,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     import lightning.pytorch as pl
     from rnnexp.config import load_params
-    from rnnexp.train import run_training
+    from rnnexp.training.fit import run_training
 
     class Kill(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -183,18 +185,19 @@ def run_killed(sig, params_yaml, prepared_dir, out, overrides, env):
 def test_sigkill_mid_epoch_then_rnnexp_train_resumes_the_same_run(
     trained, prepared_dir, mlflow_uri, store, all_runs, tmp_path
 ):
-    from conftest import PARAMS_YAML, TINY
+    from conftest import PARAMS_YAML
+    from helpers import TRAINED, set_args, tiny
 
     reference, _ = trained
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     out = tmp_path / "models"
     before = train_runs(store, all_runs)
-    killed = run_killed("KILL", PARAMS_YAML, prepared_dir, out, TINY, env)
+    killed = run_killed("KILL", PARAMS_YAML, prepared_dir, out, tiny(TRAINED), env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (run_id,) = set(train_runs(store, all_runs)) - set(before)
     assert store.get_run(run_id).info.status == "RUNNING"  # nobody could end it
 
-    sets = [arg for item in [*TINY, "train.use_tuned=false"] for arg in ("--set", item)]
+    sets = set_args(tiny(TRAINED, {"train.use_tuned": False}))
     cmd = [os.path.join(os.path.dirname(sys.executable), "rnnexp"), "train", "--params"]
     done = subprocess.run(
         [*cmd, str(PARAMS_YAML), "--prepared", str(prepared_dir), "--out", str(out), *sets],
@@ -216,13 +219,14 @@ def test_sigkill_mid_epoch_then_rnnexp_train_resumes_the_same_run(
 def test_sigterm_ends_killed_keeps_checkpoint_and_resumes(
     trained, prepared_dir, mlflow_uri, store, all_runs, tmp_path
 ):
-    from conftest import PARAMS_YAML, TINY
+    from conftest import PARAMS_YAML
+    from helpers import TRAINED, tiny
 
     reference, params = trained
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     out = tmp_path / "models"
     before = train_runs(store, all_runs)
-    stopped = run_killed("TERM", PARAMS_YAML, prepared_dir, out, TINY, env)
+    stopped = run_killed("TERM", PARAMS_YAML, prepared_dir, out, tiny(TRAINED), env)
     assert stopped.returncode != 0
     (run_id,) = set(train_runs(store, all_runs)) - set(before)
     assert store.get_run(run_id).info.status == "KILLED"

@@ -1,6 +1,6 @@
 """Tests of the samplers: the cached sampler equals the naive one, step by step.
 
-Invariants (DESIGN.md: "cached sampling equals naive sampling"):
+Invariants (ARCHITECTURE.md, "Invariants": cached sampling equals naive sampling):
 
 - at every step the cached logits equal a full forward pass on the partially
   generated image (every arch, grey and RGB, unconditional, class, source);

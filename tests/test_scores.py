@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from rnnexp.classifier import SmallCNN, load_classifier, save_classifier, train_classifier
 from rnnexp.data.prepare import prepare, read_meta, read_split, write_prepared
 from rnnexp.data.sources import RawDataset
 from rnnexp.errors import DataError, RnnexpError
-from rnnexp.evaluate import independent_pixel_nll
-from rnnexp.scores import (
+from rnnexp.evaluation.classifier import (
+    SmallCNN,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from rnnexp.evaluation.likelihood import independent_pixel_nll
+from rnnexp.evaluation.scores import (
     classifier_features,
     classifier_predictions,
     frechet_distance,

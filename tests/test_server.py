@@ -25,8 +25,8 @@ from helpers import (
 from mlflow import MlflowClient
 
 from rnnexp import cli
+from rnnexp.commands.server import ServerOptions, server_command
 from rnnexp.errors import RnnexpError
-from rnnexp.server import ServerOptions, server_command
 
 
 def _arg(cmd: list[str], flag: str) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PARAMS_YAML, TINY
-from helpers import free_port, start_server
+from conftest import PARAMS_YAML
+from helpers import TRAINED, free_port, set_args, start_server, tiny
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ TRAINER = textwrap.dedent(
     """
     import pathlib, sys, time
     import lightning.pytorch as pl
-    import rnnexp.train as train
+    import rnnexp.training.fit as train
     from rnnexp import cli
 
     class Handshake(pl.Callback):
@@ -102,9 +102,9 @@ def train_through_outage(server: Server, work: Path, comes_back: bool):
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
     }
-    sets = [*TINY, "train.max_epochs=4", "train.sample_every=1", "train.use_tuned=false"]
+    changes = {"train.max_epochs": 4, "train.sample_every": 1, "train.use_tuned": False}
     args = ["train", "--params", str(PARAMS_YAML), "--prepared", str(work / "prepared")]
-    args += ["--out", str(work / "models"), *[a for s in sets for a in ("--set", s)]]
+    args += ["--out", str(work / "models"), *set_args(tiny(TRAINED, changes))]
     proc = subprocess.Popen(
         [sys.executable, "-c", TRAINER, str(work), *args],
         cwd=work,
@@ -144,7 +144,8 @@ def test_metrics_logged_while_server_down_are_delivered_when_it_returns(server, 
     code, out, err = train_through_outage(server, work, comes_back=True)
     assert code == 0, err
     assert "MLflow store unreachable" in err and "reachable again" in err
-    run_id = out.split("run ")[-1].split()[0]
+    (summary,) = [line for line in err.splitlines() if ", run " in line]
+    run_id = summary.split(", run ")[-1].split()[0]  # "train: 4 epochs, ..., run <id>"
     client = MlflowClient(server.url)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

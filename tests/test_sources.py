@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rnnexp.data import sources
+from rnnexp.data import raw
 from rnnexp.data.sources import (
     RawDataset,
     fetch,
@@ -514,7 +514,7 @@ def test_write_raw_failure_keeps_previous_output(tmp_path: Path, monkeypatch) ->
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sources, "atomic_write_json", disk_full)  # after dataset.npz is written
+    monkeypatch.setattr(raw, "atomic_write_json", disk_full)  # after dataset.npz is written
     other = RawDataset(noise((2, 3, 3, 1), 0), None, 255, None, "image-folder")
     with pytest.raises(OSError) as err:
         write_raw(other, out)

@@ -14,7 +14,6 @@ CREDENTIAL_KEY = re.compile(
     r"|connection_string|^user$|ask_password)",
     re.IGNORECASE,
 )
-TINY_PIPELINE = {**TINY_PIPELINE, "evaluate.n_samples": 4}
 
 
 def _dvc_config(path) -> configparser.ConfigParser:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from rnnexp.checkpoint import load_checkpoint
 from rnnexp.data.prepare import read_meta
 from rnnexp.errors import DataError, RnnexpError
 from rnnexp.models.generator import PixelRNN
-from rnnexp.train import run_training
+from rnnexp.training.checkpoint import load_checkpoint
+from rnnexp.training.fit import run_training
 
 CURVES = [("train", "nll"), ("train", "bpd"), ("val", "nll"), ("val", "bpd")]
 

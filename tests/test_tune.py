@@ -17,7 +17,8 @@ from rnnexp.config import with_overrides
 from rnnexp.data.prepare import read_meta
 from rnnexp.errors import ConfigError
 from rnnexp.models.generator import PixelRNN
-from rnnexp.tune import default_study_name, open_storage, run_tuning
+from rnnexp.stages.tune import default_study_name, open_storage
+from rnnexp.stages.tune import run as run_tuning
 
 SPACE = "tune.space={train.lr: {type: float, low: 1.0e-5, high: 3.0e-2, log: true}}"
 
@@ -58,6 +59,16 @@ def test_study_prunes_and_trials_are_nested_runs(store, prepared_dir, tune_param
     assert study.trials[0].params["train.lr"] == pytest.approx(params.train.lr)
     assert result.best_value == pytest.approx(study.best_value)
     assert result.best_overrides == study.best_params
+    # the trials table (tune_trials.csv): one row per trial, as the study holds them
+    table = result.trials
+    assert list(table["number"]) == [t.number for t in study.trials]
+    assert list(table["state"]) == [t.state.name.lower() for t in study.trials]
+    assert list(table["epochs"]) == [len(t.intermediate_values) for t in study.trials]
+    assert list(table["user_attrs_mlflow_run_id"]) == [
+        t.user_attrs["mlflow_run_id"] for t in study.trials
+    ]
+    assert table["params_train.lr"].tolist() == [t.params["train.lr"] for t in study.trials]
+    assert (table["duration"] > 0).all()
 
     parent = store.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
@@ -128,8 +139,10 @@ def test_zero_trials_writes_untouched_params_and_train_merges_tuned(
     assert main([*args, "--out", str(out)]) == 0
     best = yaml.safe_load((out / "best_params.yaml").read_text())
     assert best["params"] == {}
+    header = (out / "tune_trials.csv").read_text().splitlines()
+    assert header == ["number,state,value,epochs,duration"]  # DVC's plot reads number, value
     # a tuned file is merged over params.yaml by the train stage
-    from rnnexp.cli import _tuned
+    from rnnexp.stages.train import tuned as _tuned
 
     (out / "best_params.yaml").write_text(yaml.safe_dump({"params": {"train.lr": 0.0042}}))
     merged = _tuned(tune_params(), str(out / "best_params.yaml"))

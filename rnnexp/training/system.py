@@ -4,6 +4,11 @@ Figures are per image in nats and per dimension in bits:
 ``bits/dim = nats / (C * H * W * ln 2)``. The module receives a ready generator; it
 builds no data. Each finished validation epoch appends a row to ``history``
 (train and val NLL), which travels inside every checkpoint under ``"rnnexp"``.
+
+The epoch means are torchmetrics ``MeanMetric`` in float64, one per split: under
+DDP their ``compute()`` sums the states of every process, so the mean is over the
+whole split, not one process's shard. Their states are not saved in checkpoints
+(a checkpoint is written at an epoch's end, when they are empty).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
+
+SPLITS = ("train", "val", "test")
 
 
 class PixelRNNSystem(pl.LightningModule):
@@ -42,9 +50,15 @@ class PixelRNNSystem(pl.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.data_info = dict(data_info or {})
         self.run_id: str | None = None
-        self.fingerprint: str | None = None  # see rnnexp.resume.fingerprint
+        self.fingerprint: str | None = None  # see rnnexp.training.resume.fingerprint
         self.history: list[dict[str, float]] = []
-        self._sums: dict[str, list[float]] = {}
+        # Keyed "<split>_nll" ("train" is an nn.Module method). NaN checks off: a
+        # non-finite loss is NonFiniteLossGuard's to report, with a clear message.
+        self.epoch_means = nn.ModuleDict(
+            {f"{s}_nll": MeanMetric(nan_strategy="disable") for s in SPLITS}
+        )
+        for mean in self.epoch_means.values():
+            mean.set_dtype(torch.float64)  # also keeps .half()/.double() off its sums
         # Everything needed to rebuild the generator from the checkpoint alone.
         self.save_hyperparameters(
             {
@@ -74,19 +88,18 @@ class PixelRNNSystem(pl.LightningModule):
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         x = batch["image"]  # (B, C, H, W) level indices
         nll = self.generator.nll(x, **self.conditioning(batch))  # (B,) nats per image
-        total = self._sums.setdefault(stage, [0.0, 0])
-        total[0] += float(nll.detach().sum())
-        total[1] += x.shape[0]
+        self.epoch_means[f"{stage}_nll"].update(nll.detach())  # summed in float64, weight 1 each
         return nll.mean()
 
     def _epoch_mean(self, stage: str) -> float | None:
-        total, count = self._sums.pop(stage, (0.0, 0))
-        if self._trainer is not None and self.trainer.world_size > 1:
-            # DDP: each process saw its shard of the split; the epoch's mean is over all.
-            sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            total, count = float(sums[0]), int(sums[1])
-        return total / count if count else None
+        """The split's mean NLL of this epoch (over every DDP process); resets it."""
+        mean = self.epoch_means[f"{stage}_nll"]
+        # DistributedSampler gives every process as many batches: all or none updated
+        if not mean.update_called:
+            return None
+        value = float(mean.compute())
+        mean.reset()
+        return value
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
@@ -98,7 +111,7 @@ class PixelRNNSystem(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def on_train_epoch_start(self) -> None:
-        self._sums.pop("train", None)
+        self.epoch_means["train_nll"].reset()
 
     def on_validation_epoch_end(self) -> None:
         # Validation runs after the epoch's last training batch, so both means are

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rnnexp.config import Params
 
@@ -39,7 +40,7 @@ def check_tracking(params: Params, root: Path) -> tuple[bool, str]:
 
 def check_optuna(params: Params, root: Path) -> tuple[bool, str]:
     """The study storage suits ``tune.workers`` (SQLite: one writer) and opens."""
-    from rnnexp.tune import open_storage, storage_url
+    from rnnexp.stages.tune import open_storage, storage_url
 
     url, workers = storage_url(params), params.tune.workers
     if url.startswith("sqlite") and workers > 1:
@@ -165,3 +166,10 @@ def doctor(params: Params, root: Path) -> int:
     summary = f"doctor: {len(results) - len(failed)}/{len(results)} checks passed"
     print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def main(args: Any, params: Params) -> int:
+    """Run every check from the workspace root; the exit status (1 when one failed)."""
+    from rnnexp.util.paths import workspace_root
+
+    return doctor(params, workspace_root())

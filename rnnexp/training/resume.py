@@ -5,7 +5,7 @@ checkpoint carries a *fingerprint* of what determines the weights: the ``model.*
 and ``train.*`` params (minus display and speed settings) and the hash of the
 prepared data. When the stage starts and ``last.ckpt`` has the same fingerprint
 and its training is unfinished, training resumes from it (Lightning restores the
-weights, optimizer and loops; :class:`rnnexp.callbacks.RngState` the random
+weights, optimizer and loops; :class:`rnnexp.training.callbacks.RngState` the random
 generators; the sampler's order depends on ``(seed, epoch)`` only) and continues
 the checkpoint's MLflow run. Since nothing else carries state from epoch to epoch,
 the final weights equal those of an uninterrupted run.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import torch
 
 from rnnexp import tracking
 from rnnexp.config import Params
+
+log = logging.getLogger(__name__)
 
 # Train params that change neither the weights nor the curves: changing them keeps
 # a checkpoint resumable. train.threads is not one: torch's CPU kernels sum in a
@@ -62,7 +64,8 @@ class ResumePoint:
 
 
 def _note(message: str) -> None:
-    print(f"train: {message}", file=sys.stderr)
+    """A checkpoint that is not used: a warning, since the user may have expected it."""
+    log.warning(f"train: {message}")
 
 
 def find_resume_point(
@@ -70,7 +73,7 @@ def find_resume_point(
 ) -> ResumePoint | None:
     """The resumable state in ``last`` (with ``best`` beside it), or None to start fresh.
 
-    A checkpoint is ignored (with a note on stderr saying why) when it cannot be
+    A checkpoint is ignored (with a warning saying why) when it cannot be
     read, was written for other params or data, or has finished training; and
     when ``best`` is missing (the best epoch so far would be lost).
     """

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,13 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from rnnexp.atomic import atomic_write_bytes
+from rnnexp.console import progress_line
 from rnnexp.data.prepare import read_arrays
 from rnnexp.errors import RnnexpError
-from rnnexp.generate import TaskInfo, sample_picture
+from rnnexp.evaluation.generation import TaskInfo, sample_picture
+from rnnexp.util.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 
 class SampleGrid(pl.Callback):
@@ -55,6 +60,44 @@ class SampleGrid(pl.Callback):
             module.generator, task, self._val_arrays(module), self.n, self.seed, 1.0
         )
         log_image(picture, key="samples", step=epoch)
+
+
+class EpochProgress(pl.Callback):
+    """One log line per finished epoch, for where no progress bar is drawn.
+
+    ``train: epoch 3/30 val/bpd 1.2345 (elapsed 0:01:02, eta 0:09:18)``: the label,
+    the epoch, the monitored metric, the time this process has trained and the
+    time the remaining epochs will take at the pace so far. Global rank 0 only.
+
+    Args:
+        label: what the line starts with (``train:``, ``tune: trial 3``).
+        every_s: log an epoch only when at least this many seconds passed since the
+            last line (or the start); 0: every epoch.
+        metric: the logged metric shown.
+    """
+
+    def __init__(self, label: str = "train:", every_s: float = 0.0, metric: str = "val/bpd"):
+        self.label, self.every_s, self.metric = label, every_s, metric
+        self._start = self._last = 0.0
+        self._first_epoch = 0
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+        self._first_epoch = trainer.current_epoch  # > 0 when resumed
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Lightning 2 runs the epoch's validation before this hook: the metric is fresh.
+        now = time.monotonic()
+        if not trainer.is_global_zero or now - self._last < self.every_s:
+            return
+        self._last = now
+        done = trainer.current_epoch + 1
+        value = trainer.callback_metrics.get(self.metric)
+        figures = "" if value is None else f"{self.metric} {float(value):.4f}"
+        ran = done - self._first_epoch
+        log.info(
+            progress_line(self.label, done, trainer.max_epochs, figures, now - self._start, ran)
+        )
 
 
 class NonFiniteLossGuard(pl.Callback):

@@ -7,8 +7,7 @@ trial's overrides). It opens the model's MLflow run, trains with Lightning, writ
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +16,23 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rnnexp import tracking
-from rnnexp.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, RngState, SampleGrid
 from rnnexp.config import Params
+from rnnexp.console import show_progress_bar
 from rnnexp.data.datamodule import PreparedDataModule
-from rnnexp.logger import MlflowRunLogger
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
-from rnnexp.resume import fingerprint, plan_resume
-from rnnexp.system import PixelRNNSystem
-from rnnexp.threads import torch_threads
+from rnnexp.tracking import MlflowRunLogger
+from rnnexp.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochProgress,
+    NonFiniteLossGuard,
+    RngState,
+    SampleGrid,
+)
+from rnnexp.training.resume import fingerprint, plan_resume
+from rnnexp.training.system import PixelRNNSystem
+from rnnexp.util.threads import torch_threads
+
+log = logging.getLogger(__name__)
 
 BEST, LAST = "best", "last"
 
@@ -56,12 +64,6 @@ def build_generator(params: Params, meta: dict) -> PixelRNN:
     return PixelRNN(config)
 
 
-def _progress_bar(setting: str) -> bool:
-    if setting != "auto":
-        return setting == "always"
-    return not os.environ.get("CI") and sys.stderr.isatty()
-
-
 def run_training(
     params: Params,
     prepared_dir: str | Path = "data/prepared",
@@ -75,6 +77,7 @@ def run_training(
     finished_on: tuple[type[BaseException], ...] = (),
     save_checkpoints: bool = True,
     resume: bool = True,
+    progress: EpochProgress | None = None,
 ) -> TrainResult:
     """Train the generator of ``params`` on the prepared data, tracked in MLflow.
 
@@ -84,8 +87,12 @@ def run_training(
     Without ``save_checkpoints`` no checkpoint is written (the result's paths are
     then None).
 
+    Lightning's progress bar is drawn where ``train.progress_bar`` says (``auto``: on
+    a terminal); where it is not, ``progress`` (default: ``EpochProgress("train:")``)
+    logs one line per epoch.
+
     When ``out_dir/last.ckpt`` holds an unfinished training of the same params and
-    data (see :mod:`rnnexp.resume`), training resumes from it and continues its
+    data (see :mod:`rnnexp.training.resume`), training resumes from it and continues its
     MLflow run; ``resume=False`` always starts afresh.
 
     Example:
@@ -131,16 +138,20 @@ def run_training(
         ) as run,
     ):
         system.run_id = run.run_id
+        log.debug(
+            f"{stage}: run {run.run_id}, accelerator {t.accelerator}, devices {t.devices}, "
+            f"strategy {t.strategy}, {threads} torch threads, precision {t.precision}"
+        )
         if plan.checkpoint is not None:
             how = "continuing its run" if run.resumed else "its run is not in this store: new"
-            print(
+            log.info(
                 f"train: resuming from {plan.checkpoint.path} after epoch "
-                f"{plan.checkpoint.epochs_done} ({how} run {run.run_id})",
-                file=sys.stderr,
+                f"{plan.checkpoint.epochs_done} ({how} run {run.run_id})"
             )
         if on_run_start is not None:
             on_run_start(run)
-        extra: list[pl.Callback] = []
+        bar = show_progress_bar(t.progress_bar)
+        extra: list[pl.Callback] = [] if bar else [progress or EpochProgress("train:")]
         if save_checkpoints:
             extra.append(
                 ModelCheckpoint(
@@ -173,8 +184,8 @@ def run_training(
             plugins=[AtomicCheckpointIO()],
             num_sanity_val_steps=0,
             log_every_n_steps=1,  # metrics are logged per epoch; silences a warning
-            enable_progress_bar=_progress_bar(t.progress_bar),
-            enable_model_summary=_progress_bar(t.progress_bar),
+            enable_progress_bar=bar,
+            enable_model_summary=bar and stage == "train",  # not once per tune trial
             deterministic=True,
             default_root_dir=out_dir,
         )

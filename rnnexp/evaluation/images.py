@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -37,3 +38,10 @@ def make_grid(
         )
     mode = "L" if c == 1 else "RGB"
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode=mode)
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    """PNG bytes of a PIL image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""Sample-quality scores from a classifier trained on the data (:mod:`rnnexp.classifier`).
+"""Sample-quality scores from a classifier trained on the data (:mod:`.classifier`).
 
 - **Fréchet distance** between the classifier's penultimate features of real test
   images and of samples: the distance of two Gaussians fitted to the feature sets,
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnexp.classifier import SmallCNN
 from rnnexp.errors import RnnexpError
+from rnnexp.evaluation.classifier import SmallCNN
 
 __all__ = [
     "classifier_features",
@@ -95,8 +95,11 @@ def _check_images(model: SmallCNN, images: np.ndarray, what: str) -> None:
 @torch.no_grad()
 def _batched(model: SmallCNN, images: np.ndarray, batch_size: int, fn: Any) -> list[np.ndarray]:
     model.eval()
+    device = next(model.parameters()).device  # the batches go where the model is
     return [
-        fn(torch.from_numpy(np.asarray(images[i : i + batch_size]).astype(np.int64))).numpy()
+        fn(torch.from_numpy(np.asarray(images[i : i + batch_size]).astype(np.int64)).to(device))
+        .cpu()
+        .numpy()
         for i in range(0, len(images), batch_size)
     ]
 

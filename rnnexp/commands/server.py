@@ -28,9 +28,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rnnexp.atomic import atomic_write_text
+from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
+from rnnexp.util.atomic import atomic_write_text
 
 BACKEND_DB = "mlflow-server.db"
 ARTIFACTS = "artifacts"
@@ -140,3 +142,21 @@ def run_server(options: ServerOptions, dry_run: bool = False) -> int:
     sys.stdout.flush()
     os.execve(sys.executable, cmd, env)  # signals now reach mlflow directly
     return 0  # not reached
+
+
+def main(args: Any, params: Params | None) -> int:
+    """Run (or, ``--dry-run``, print) the team's ``mlflow server``."""
+    from rnnexp.util.paths import workspace_root
+
+    root = Path(args.root) if args.root else workspace_root() / "mlflow-server"
+    options = ServerOptions(
+        root=root,
+        backend_store_uri=args.backend_store_uri,
+        artifacts_destination=args.artifacts_destination,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        auth=args.auth,
+        allowed_hosts=args.allowed_hosts,
+    )
+    return run_server(options, dry_run=args.dry_run)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,3 +179,12 @@ def compare_runs(
             where += f", DVC experiment {dvc_exp!r}"
         raise RnnexpError(f"no train runs in {where} of the MLflow store {tracking_uri(params)}")
     return format_table(*compare_table(runs), fmt)
+
+
+def main(args: Any, params: Params) -> None:
+    """Print the comparison table of the selected runs."""
+    sys.stdout.write(
+        compare_runs(
+            params, args.run_ids, experiment=args.experiment, dvc_exp=args.dvc_exp, fmt=args.format
+        )
+    )

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rnnexp.data.tasks import build_source, source_to_float
-from rnnexp.images import make_grid
+from rnnexp.evaluation.images import make_grid
 from rnnexp.models.generator import PixelRNN
 from rnnexp.models.sampling import sample_cached
 

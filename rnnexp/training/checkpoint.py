@@ -13,7 +13,7 @@ from typing import Any
 
 from rnnexp.errors import RnnexpError
 from rnnexp.models.generator import GeneratorConfig, PixelRNN
-from rnnexp.safe_load import load_weights
+from rnnexp.util.safe_load import load_weights
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Hyperparameter search: an Optuna study over ``tune.space``, one training code path.
+"""DVC stage ``tune``: an Optuna study over ``tune.space``, one training code path.
 
-Every trial calls :func:`rnnexp.train.run_training` with the trial's params (and
+Every trial calls :func:`rnnexp.training.fit.run_training` with the trial's params (and
 ``tune.epochs`` epochs), reports the validation metric every epoch through
 optuna-integration's ``PyTorchLightningPruningCallback`` and is a nested MLflow
 run under the tune stage's run. The stage writes the best params, which the train
@@ -18,43 +18,47 @@ toward ``tune.n_trials``, so an interrupted ``dvc repro`` continues. RDB storage
 run a heartbeat, so a killed worker's trial turns FAIL and is retried once.
 
 Example:
-    >>> result = run_tuning(load_params("params.yaml"))  # doctest: +SKIP
+    >>> result = run(load_params("params.yaml"))  # doctest: +SKIP
     >>> result.best_overrides  # doctest: +SKIP
     {'train.lr': 0.0042, 'model.hidden': 32, 'model.layers': 2}
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
+import logging
 import multiprocessing
+import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
+import pandas as pd
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from rnnexp import tracking
+from rnnexp import console, tracking
 from rnnexp.config import Params, with_overrides
+from rnnexp.console import trial_line
 from rnnexp.data.prepare import check_batch_size, read_meta
 from rnnexp.errors import ConfigError, RnnexpError
+from rnnexp.util.paths import workspace_root
+
+log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Heartbeats and the retry callback are marked experimental; they are what we want.
-warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")
+# Off a terminal a trial logs an epoch line at most this often: a short trial shows
+# just its result line, a long one that it is alive (with an ETA).
+TRIAL_PROGRESS_EVERY_S = 60.0
 
 
 def storage_url(params: Params) -> str:
     """The study storage: ``tune.storage`` or the workspace's SQLite file."""
-    return params.tune.storage or f"sqlite:///{tracking.workspace_root() / 'optuna.db'}"
+    return params.tune.storage or f"sqlite:///{workspace_root() / 'optuna.db'}"
 
 
 def open_storage(params: Params, workers: int) -> optuna.storages.BaseStorage:
@@ -63,7 +67,7 @@ def open_storage(params: Params, workers: int) -> optuna.storages.BaseStorage:
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         if not path.is_absolute():
-            path = tracking.workspace_root() / path
+            path = workspace_root() / path
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite") and workers > 1:
@@ -143,12 +147,9 @@ class _Context:
 def _objective(ctx: _Context, trial: optuna.Trial) -> float:
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from rnnexp.train import run_training
+    from rnnexp.training.callbacks import EpochProgress
+    from rnnexp.training.fit import run_training
 
-    overrides = suggest(trial, ctx.params.tune.space)
-    trial_params = with_overrides(
-        ctx.params, {**overrides, "train.max_epochs": ctx.params.tune.epochs}, "trial"
-    )
     tags = {"rnnexp.study": ctx.study_name, "rnnexp.trial": str(trial.number)}
     state = {"run": None}
 
@@ -157,6 +158,10 @@ def _objective(ctx: _Context, trial: optuna.Trial) -> float:
         trial.set_user_attr("mlflow_run_id", run.run_id)
 
     try:
+        overrides = suggest(trial, ctx.params.tune.space)
+        trial_params = with_overrides(
+            ctx.params, {**overrides, "train.max_epochs": ctx.params.tune.epochs}, "trial"
+        )
         with tempfile.TemporaryDirectory(prefix="rnnexp-trial-") as scratch:
             result = run_training(
                 trial_params,
@@ -169,12 +174,14 @@ def _objective(ctx: _Context, trial: optuna.Trial) -> float:
                 on_run_start=started,
                 finished_on=(optuna.TrialPruned,),
                 save_checkpoints=False,
+                progress=EpochProgress(f"tune: trial {trial.number}", TRIAL_PROGRESS_EVERY_S),
             )
     except optuna.TrialPruned:
         _tag_state(state["run"], "pruned")
         raise
-    except Exception:
+    except Exception as exc:
         _tag_state(state["run"], "failed")
+        trial.set_user_attr("error", str(exc))  # for _log_trial: Optuna's report is silenced
         raise
     _tag_state(state["run"], "complete")
     key = "best/val_bpd" if ctx.params.tune.metric == "val/bpd" else "best/val_nll"
@@ -186,8 +193,24 @@ def _tag_state(run: tracking.RunHandle | None, state: str) -> None:
         run.set_tags({"rnnexp.trial_state": state})
 
 
-def _optimize(ctx: _Context, n_trials: int) -> None:
-    """One worker: run ``n_trials`` trials of the shared study."""
+def _log_trial(metric: str, study: optuna.Study, trial: FrozenTrial) -> None:
+    """Log a finished trial's console line (an Optuna study callback)."""
+    if trial.state == TrialState.FAIL:
+        why = trial.user_attrs.get("error", "its objective gave no finite value")
+        log.warning("tune: trial %d failed: %s", trial.number, " ".join(why.split()))
+    elif trial.state in FINISHED:
+        steps = trial.intermediate_values  # epoch -> metric
+        pruned_at = steps[max(steps)] if steps else None
+        value = trial.value if trial.state == TrialState.COMPLETE else pruned_at
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        state = trial.state.name.lower()
+        log.info(trial_line(trial.number, state, metric, value, len(steps), seconds, trial.params))
+
+
+def _optimize(ctx: _Context, n_trials: int, console_verbose: bool | None = None) -> None:
+    """One worker: ``n_trials`` trials of the shared study (console: its parent's, if any)."""
+    if console_verbose is not None:
+        console.setup(console_verbose)
     storage = open_storage(ctx.params, ctx.workers)
     study = optuna.load_study(
         study_name=ctx.study_name,
@@ -200,6 +223,7 @@ def _optimize(ctx: _Context, n_trials: int) -> None:
         n_trials=n_trials,
         timeout=ctx.params.tune.timeout,
         catch=(RnnexpError,),  # a NaN loss or bad trial config fails that trial only
+        callbacks=[lambda study, trial: _log_trial(ctx.params.tune.metric, study, trial)],
         gc_after_trial=True,
     )
 
@@ -209,43 +233,29 @@ class TuneResult:
     study_name: str
     best_overrides: dict[str, Any]
     best_value: float | None
-    trials: list[dict[str, Any]]
+    trials: pd.DataFrame  # trials_table()
     run_id: str | None
 
 
-def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        duration = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if (t.datetime_complete and t.datetime_start)
-            else None
-        )
-        rows.append(
-            {
-                "number": t.number,
-                "state": t.state.name.lower(),
-                "value": t.value,
-                "epochs": len(t.intermediate_values),
-                "duration_s": duration,
-                "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
-                **{f"param.{k}": v for k, v in t.params.items()},
-            }
-        )
-    return rows
+TABLE_COLUMNS = ["number", "state", "value", "epochs", "duration"]  # and params_*, user_attrs_*
 
 
-def trials_csv(rows: list[dict[str, Any]]) -> str:
-    columns = ["number", "state", "value", "epochs", "duration_s", "mlflow_run_id"]
-    columns += sorted({k for row in rows for k in row if k.startswith("param.")})
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, from Optuna's ``trials_dataframe``: number, state (lower case),
+    value, epochs run, duration in seconds, its MLflow run (``user_attrs_mlflow_run_id``)
+    and its params (``params_<name>``). The tune stage writes it as ``tune_trials.csv``."""
+    attrs = ("number", "state", "value", "duration", "params", "user_attrs")
+    table = study.trials_dataframe(attrs=attrs)
+    if table.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    table["state"] = table["state"].str.lower()
+    table["duration"] = table["duration"].dt.total_seconds()
+    epochs = [len(trial.intermediate_values) for trial in study.get_trials(deepcopy=False)]
+    table.insert(3, "epochs", epochs)  # both in trial-number order
+    return table
 
 
-def run_tuning(
+def run(
     params: Params, prepared_dir: str | Path = "data/prepared", workers: int | None = None
 ) -> TuneResult:
     """Run (or resume) the study until ``tune.n_trials`` trials have finished.
@@ -257,7 +267,7 @@ def run_tuning(
     workers = workers or t.workers
     meta = read_meta(prepared_dir)
     if t.n_trials == 0:
-        return TuneResult("", {}, None, [], None)
+        return TuneResult("", {}, None, pd.DataFrame(columns=TABLE_COLUMNS), None)
     # Every trial would fail on it; say so once, before a study or run is opened.
     check_batch_size(meta["splits"]["train"], params.train.batch_size, prepared_dir)
     storage = open_storage(params, workers)  # refuses SQLite with several workers
@@ -297,7 +307,8 @@ def run_tuning(
 def _run_workers(ctx: _Context, shares: list[int]) -> None:
     """Worker processes (spawned: fresh interpreters, no forked locks or threads)."""
     spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=_optimize, args=(ctx, n), daemon=False) for n in shares]
+    verbose = console.current()
+    procs = [spawn.Process(target=_optimize, args=(ctx, n, verbose), daemon=False) for n in shares]
     for p in procs:
         p.start()
     try:
@@ -313,34 +324,59 @@ def _run_workers(ctx: _Context, shares: list[int]) -> None:
 
 
 def _summarise(study: optuna.Study, run_id: str) -> TuneResult:
-    rows = _trial_rows(study)
+    rows = trials_table(study)
     complete = [tr for tr in study.get_trials(deepcopy=False) if tr.state == TrialState.COMPLETE]
     if not complete:
         raise RnnexpError(
             f"study {study.study_name}: no trial completed ({len(rows)} trials, states "
-            f"{sorted({r['state'] for r in rows})}); see the trial runs in MLflow"
+            f"{sorted(set(rows['state']))}); see the trial runs in MLflow"
         )
     best = study.best_trial
     return TuneResult(study.study_name, dict(best.params), best.value, rows, run_id)
 
 
 def _log_study(run: tracking.RunHandle, study: optuna.Study, result: TuneResult) -> None:
-    counts: dict[str, int] = {}
-    for row in result.trials:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    counts = result.trials["state"].value_counts().to_dict()
     run.log_metrics(
         {"best_value": result.best_value, **{f"trials/{k}": v for k, v in counts.items()}}
     )
     run.set_tags({f"best.{k}": v for k, v in result.best_overrides.items()})
     run.log_text(json.dumps(result.best_overrides, indent=2), "best_params.json")
-    run.log_text(trials_csv(result.trials), "trials.csv")
+    run.log_text(result.trials.to_csv(index=False), "trials.csv")
     try:
         from optuna.visualization import plot_optimization_history, plot_param_importances
     except ImportError:  # plotly missing: the plots are a nicety, not the result
         return
     run.log_text(plot_optimization_history(study).to_html(), "optimization_history.html")
-    if len([r for r in result.trials if r["state"] == "complete"]) >= 2 and result.best_overrides:
+    if (result.trials["state"] == "complete").sum() >= 2 and result.best_overrides:
         try:
             run.log_text(plot_param_importances(study).to_html(), "param_importances.html")
         except (ValueError, RuntimeError):  # e.g. every trial had the same params
             pass
+
+
+def main(args: Any, params: Params) -> None:
+    """Write ``reports/best_params.yaml`` and ``reports/tune_trials.csv``."""
+    import yaml
+
+    from rnnexp.util.atomic import atomic_write_text
+
+    result = run(params, args.prepared, workers=args.workers)
+    out = Path(args.out)
+    best = {"study": result.study_name or None, "best_value": result.best_value}
+    best["params"] = result.best_overrides
+    atomic_write_text(out / "tune_trials.csv", result.trials.to_csv(index=False))
+    atomic_write_text(out / "best_params.yaml", yaml.safe_dump(best, sort_keys=False))
+    if result.trials.empty:
+        log.info("tune: tune.n_trials is 0; training uses params.yaml as it is")
+        return
+    log.info(
+        f"tune: study {result.study_name}, {len(result.trials)} trials, best "
+        f"{params.tune.metric} {result.best_value:.4f} with {result.best_overrides}"
+    )
+
+
+if __name__ == "__main__":
+    from rnnexp.cli import entry
+
+    entry(["tune", *sys.argv[1:]])

@@ -1,6 +1,6 @@
 """A small CNN classifier of the prepared images, the feature extractor of sample scores.
 
-Sample-quality scores (:mod:`rnnexp.scores`) need a network that knows what the data
+Sample-quality scores (:mod:`rnnexp.evaluation.scores`) need a network that knows what the data
 looks like: its penultimate features give a Fréchet distance between real and
 generated images (as FID uses Inception features, here a classifier trained on the
 same data), and its predictions tell whether a class-conditional sample shows the
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnexp.atomic import atomic_write_bytes
 from rnnexp.data.prepare import read_arrays, read_meta
 from rnnexp.errors import DataError, RnnexpError
-from rnnexp.safe_load import load_weights
+from rnnexp.util.atomic import atomic_write_bytes
+from rnnexp.util.safe_load import load_weights
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -144,8 +145,12 @@ class SmallCNN(nn.Module):
 @torch.no_grad()
 def _predict(model: SmallCNN, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        model(torch.from_numpy(images[i : i + batch_size].astype(np.int64))).argmax(1).numpy()
+        model(torch.from_numpy(images[i : i + batch_size].astype(np.int64)).to(device))
+        .argmax(1)
+        .cpu()
+        .numpy()
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -166,6 +171,7 @@ def train_classifier(
     seed: int = 0,
     hidden: int = 32,
     feature_dim: int = 64,
+    on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> tuple[SmallCNN, dict[str, Any]]:
     """Train a :class:`SmallCNN` on the train split of ``prepared_dir``.
 
@@ -174,7 +180,9 @@ def train_classifier(
     permutation of the train split. The weights kept are
     those of the epoch with the best val accuracy (the earliest among equals), or of
     the last epoch when the val split is empty. The same data, arguments and seed
-    give the same model (the global torch RNG is left as it was).
+    give the same model (the global torch RNG is left as it was). ``on_epoch(epoch,
+    val_accuracy)`` is called after each epoch (1-based; accuracy None for an empty
+    val split), e.g. to show progress.
 
     Returns:
         (model in eval mode, info) where info holds ``test_accuracy`` and
@@ -230,6 +238,8 @@ def train_classifier(
             optimizer.step()
             schedule.step()
         val_acc = accuracy(model, val_x, val_y)
+        if on_epoch is not None:
+            on_epoch(epoch, val_acc)
         if val_acc is None:
             continue
         if best is None or val_acc > best[0]:

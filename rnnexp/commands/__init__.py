@@ -1,0 +1,1 @@
+"""The commands no DVC stage runs: sample, complete, compare, doctor, server."""

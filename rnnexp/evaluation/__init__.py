@@ -1,0 +1,1 @@
+"""Scoring a trained generator: likelihood, sample scores, scoring classifier, generation."""

@@ -1,0 +1,51 @@
+"""DVC stage ``train``: train the generator of params.yaml (with the tune stage's best
+params merged over it, ``train.use_tuned``); checkpoints under ``models/``.
+
+The training itself is :func:`rnnexp.training.fit.run_training`, the one code path
+that the tune stage's trials take too; it opens and logs the model's MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rnnexp.config import Params, read_yaml, with_overrides
+from rnnexp.errors import RnnexpError
+from rnnexp.training.fit import TrainResult, run_training
+
+log = logging.getLogger(__name__)
+
+
+def tuned(params: Params, path: str | Path) -> Params:
+    """``params`` with the tune stage's best params merged over them (train.use_tuned)."""
+    if not params.train.use_tuned:
+        return params
+    if not Path(path).is_file():
+        raise RnnexpError(
+            f"{path}: tuned params not found; run the tune stage (dvc repro tune) or set "
+            "train.use_tuned: false"
+        )
+    best = read_yaml(path)
+    if not isinstance(best, dict) or not isinstance(best.get("params"), dict):
+        raise RnnexpError(f"{path}: expected a mapping with a 'params' mapping")
+    return with_overrides(params, best["params"], source=str(path))
+
+
+def run(params: Params, prepared_dir: str, out_dir: str, tuned_path: str) -> TrainResult:
+    """Train the (tuned) generator; ``best.ckpt`` and ``last.ckpt`` in ``out_dir``."""
+    return run_training(tuned(params, tuned_path), prepared_dir, out_dir)
+
+
+def main(args: Any, params: Params) -> None:
+    result = run(params, args.prepared, args.out, args.tuned)
+    figures = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+    log.info(f"train: {result.epochs} epochs, {figures}, run {result.run_id}")
+
+
+if __name__ == "__main__":
+    from rnnexp.cli import entry
+
+    entry(["train", *sys.argv[1:]])

@@ -1,0 +1,1 @@
+"""Lightning training of a generator: the LightningModule, callbacks, checkpoint format, resume."""

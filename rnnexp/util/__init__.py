@@ -1,0 +1,1 @@
+"""Plumbing shared by stages and commands: atomic writes, safe loading, threads, ranks, paths."""
