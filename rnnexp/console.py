@@ -63,6 +63,9 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # heartbeats and stale-trial retries are experimental, and they are what we want.
     (r".* is experimental \(supported from v", Warning),
     (r"Argument ``\w+`` is an experimental feature", Warning),
+    # Lightning's ModelCheckpoint on models/: it holds classifier.pt and the persisted
+    # checkpoints a killed training resumes from, by design
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
 )
 
 _state: dict[str, bool | None] = {"verbose": None}

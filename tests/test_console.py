@@ -148,13 +148,15 @@ def test_setup_is_replaced_not_repeated_and_env_turns_on_debug(monkeypatch, fres
     assert logger.getEffectiveLevel() == logging.WARNING
 
 
-def test_quiet_console_ignores_optunas_experimental_warnings(fresh_console):
+def test_quiet_console_ignores_optunas_and_lightnings_known_warnings(fresh_console):
     message = "RetryHeartbeatStaleTrialCallback is experimental (supported from v2.8.0). The"
     with warnings.catch_warnings(record=True) as seen:
         console.setup(verbose=False)
         warnings.warn(message, ExperimentalWarning, stacklevel=1)
         warnings.warn("Argument ``heartbeat_interval`` is an experimental feature.",
                       ExperimentalWarning, stacklevel=1)  # fmt: skip
+        checkpoint_dir = "Checkpoint directory /x/models exists and is not empty."
+        warnings.warn(checkpoint_dir, UserWarning, stacklevel=1)
         warnings.warn("something else", UserWarning, stacklevel=1)
         assert [str(w.message) for w in seen] == ["something else"]
         console.setup(verbose=True)

@@ -1,0 +1,1 @@
+"""Data: sources (digits, IDX files, image folders), raw and prepared folders, tasks."""
