@@ -1,7 +1,7 @@
 """Training: ``run_training(params) -> TrainResult``.
 
-The one training code path: the train stage calls it, and so will tuning (with a
-trial's overrides). It opens the model's MLflow run, trains with Lightning, writes
+The one training code path: the train stage calls it, and so does every tune trial
+(with the trial's overrides). It opens the model's MLflow run, trains with Lightning, writes
 ``best.ckpt`` and ``last.ckpt`` and returns the best validation figures.
 """
 
