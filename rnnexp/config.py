@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from rnnexp.errors import ConfigError
+from rnnexp.yaml_file import UniqueKeyLoader, read_yaml  # read_yaml: part of this API
 
 DataSource = Literal["digits", "idx", "image-folder"]
 Arch = Literal["row_lstm", "diagonal_bilstm", "pixelcnn"]
@@ -129,6 +130,8 @@ class TrackingParams(_Section):
     uri: str | None = Field(None, description="tracking URI; default sqlite:///<repo>/mlflow.db")
     log_checkpoint: bool = Field(True, description="log the best checkpoint as a run artifact")
     enabled: bool = Field(True, description="false: log nothing to MLflow")
+    system_metrics: bool = Field(True, description="CPU/memory/GPU metrics on train and tune runs")
+    registered_model: str | None = Field(None, description="registry name; null: the experiment's")
 
 
 class Params(_Section):
@@ -314,61 +317,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, value_text = text.split("=", 1)
     section, key = dotted.split(".", 1)
     try:
-        value = yaml.load(value_text, Loader=_UniqueKeyLoader) if value_text.strip() else None
+        value = yaml.load(value_text, Loader=UniqueKeyLoader) if value_text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
     if isinstance(value, str) and _FLOAT_RE.match(value):
         value = float(value)  # YAML 1.1 leaves 1e-3 a string; on the command line it's a number
     return section, key, value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (as DVC does)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}  # key -> line it was first given on
-        for key_node, _ in node.value:
-            if key_node.tag.endswith(":merge"):
-                continue  # "<<: *anchor" merges may override keys, as in safe_load
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, typing.Hashable):
-                continue  # the base class refuses it
-            if key in seen:
-                problem = f"duplicate key {key!r} (first given at line {seen[key]})"
-                raise yaml.MarkedYAMLError(problem=problem, problem_mark=key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Read a UTF-8 YAML file as ``yaml.safe_load`` would, but refusing duplicate keys.
-
-    Raises:
-        ConfigError: naming the file (and line) if it is missing, unreadable, not UTF-8,
-            malformed, or holds a duplicate key or a tag that would build an object.
-    """
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        if isinstance(exc, yaml.constructor.ConstructorError):
-            # e.g. !!python/object/apply, which would run code under yaml.load
-            raise ConfigError(
-                f"{path}: refused YAML tag{where}: {problem}; params files are read with "
-                "yaml.safe_load, which builds plain values only"
-            ) from None
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
