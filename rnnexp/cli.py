@@ -23,7 +23,7 @@ from rnnexp.config import load_params
 from rnnexp.errors import RnnexpError
 
 STAGES = ("fetch", "prepare", "tune", "classifier", "train", "evaluate")
-COMMANDS = ("sample", "complete", "compare", "doctor", "server")
+COMMANDS = ("sample", "complete", "compare", "doctor", "server", "dashboard")
 
 
 def _module(command: str) -> str:
@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     verbose(p)
+    p = stage("dashboard", "run optuna-dashboard on the tune stage's study storage (tune.storage)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     return parser
 
 
