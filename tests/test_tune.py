@@ -74,6 +74,8 @@ def test_study_prunes_and_trials_are_nested_runs(store, prepared_dir, tune_param
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["rnnexp.stage"] == "tune"
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.info.run_name == f"tune {result.study_name}"
+    assert "system/cpu_utilization_percentage" in parent.data.metrics
     artifacts = {a.path for a in store.list_artifacts(result.run_id)}
     assert {"best_params.json", "trials.csv", "optimization_history.html"} <= artifacts
     for trial in study.trials:
@@ -83,9 +85,14 @@ def test_study_prunes_and_trials_are_nested_runs(store, prepared_dir, tune_param
         assert run.data.tags["rnnexp.study"] == result.study_name
         assert run.data.tags["rnnexp.trial_state"] == trial.state.name.lower()
         assert run.info.status == "FINISHED"
+        assert run.info.run_name.startswith(f"trial {trial.number} {params.model.arch} h")
+        pruned = f"(pruned at epoch {len(trial.intermediate_values)})"
+        assert run.info.run_name.endswith(pruned) == (trial.state == TrialState.PRUNED)
         assert float(run.data.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
         steps = store.get_metric_history(run.info.run_id, "val/bpd")
         assert [m.value for m in steps] == pytest.approx(list(trial.intermediate_values.values()))
+    names = [store.get_run(t.user_attrs["mlflow_run_id"]).info.run_name for t in study.trials]
+    assert len(set(names)) == len(names)
 
 
 def test_rerun_resumes_and_counts_finished_trials(store, prepared_dir, tune_params):

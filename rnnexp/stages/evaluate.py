@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,9 @@ def main(args: Any, params: Params) -> None:
     """Write ``reports/`` (metrics, curve, pictures) and log them into the model's run."""
     from rnnexp import tracking
 
+    registry = params.tracking.registered_model or params.tracking.experiment
+    if params.tracking.enabled:  # a refused registry name fails before any work
+        tracking.RunHandle.check_registry_name(registry)
     device = torch_device(params.train.accelerator)  # where training would run
     log.debug(f"evaluate: on {device}")
     result = run(args.checkpoint, args.prepared, params.evaluate, args.classifier, device)
@@ -192,18 +196,26 @@ def main(args: Any, params: Params) -> None:
     run_ = tracking.open_existing_run(params, result.run_id)
     if run_ is not None:  # evaluation joins the model's run, as the compare view wants
         run_.log_metrics(flat)
+        run_.log_dataset(read_meta(args.prepared), args.prepared, "evaluation", params.data.source)
         run_.log_image(result.samples, key="eval_samples")
         run_.log_image(result.completions, key="eval_completions")
         run_.log_image(result.nll_heat_map, key="nll_heatmap")
         run_.log_artifact(out / "metrics.json", "evaluate")
         run_.set_tags({"rnnexp.evaluated": "true"})
         where = f"model run {run_.run_id}"
+        exp = {"rnnexp.dvc_exp": os.environ["DVC_EXP_NAME"]} if "DVC_EXP_NAME" in os.environ else {}
+        data_hash = read_meta(args.prepared)["content_hash"]
+        registered = run_.register_champion(registry, flat, {"rnnexp.data_hash": data_hash, **exp})
     else:  # e.g. train restored from DVC's run-cache: no run of this model in this store
         tags = {"rnnexp.model_run_id": result.run_id or "unknown"}
         with tracking.tracked_run(params, "evaluate", tags=tags) as run_:
             run_.log_metrics(flat)
+            meta = read_meta(args.prepared)
+            run_.log_dataset(meta, args.prepared, "evaluation", params.data.source)
             run_.log_image(result.samples, key="eval_samples")
         where = f"new run {run_.run_id} (model run not in this store)"
+        why = "the model's run is not in this store" if params.tracking.enabled else "tracking off"
+        registered = f"not registered: {why}"
     test, base = result.metrics["test"], result.metrics["baseline"]
     log.info(
         f"evaluate: test NLL {test['nll_nats']:.2f} nats/image ({test['bpd']:.4f} bits/dim), "
@@ -214,6 +226,7 @@ def main(args: Any, params: Params) -> None:
             f"evaluate: Frechet distance {result.metrics['sample']['frechet']:.2f} over "
             f"{result.metrics['sample']['samples']} samples, baseline {base['frechet']:.2f}"
         )
+    log.info(f"evaluate: {registered}")
     for note in result.notes:
         log.info(f"evaluate: {note}")
 

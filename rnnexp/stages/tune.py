@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -176,8 +177,13 @@ def _objective(ctx: _Context, trial: optuna.Trial) -> float:
                 save_checkpoints=False,
                 progress=EpochProgress(f"tune: trial {trial.number}", TRIAL_PROGRESS_EVERY_S),
             )
-    except optuna.TrialPruned:
+    except optuna.TrialPruned as exc:
         _tag_state(state["run"], "pruned")
+        if state["run"] is not None:  # "trial 3 ... (pruned at epoch 5)"; Optuna counts from 0
+            epoch = re.search(r"epoch (\d+)", str(exc))
+            state["run"].add_name_note(
+                f"pruned at epoch {int(epoch[1]) + 1}" if epoch else "pruned"
+            )
         raise
     except Exception as exc:
         _tag_state(state["run"], "failed")
@@ -289,7 +295,8 @@ def run(
         "rnnexp.pruner": t.pruner,
         "rnnexp.data_hash": meta["content_hash"],
     }
-    with tracking.tracked_run(params, "tune", tags=tags) as run:
+    system_metrics = params.tracking.system_metrics
+    with tracking.tracked_run(params, "tune", tags=tags, system_metrics=system_metrics) as run:
         done = sum(tr.state in FINISHED for tr in study.get_trials(deepcopy=False))
         remaining = max(t.n_trials - done, 0)
         ctx = _Context(params, str(prepared_dir), name, run.run_id, workers)

@@ -28,6 +28,10 @@ Private modules, one job each (import them only from this package and its tests)
   ``/proc``), and ending the stale runs of dead processes.
 - ``_queries``: searching runs by tags (one filter-string quoting), ``find_runs``.
 - ``_tags``: git, DVC-experiment, host and pid tags of a run.
+- ``_names``: run names that say what a run is (``train row_lstm h48x3 lr8.5e-3``),
+  and the experiment's kind tag.
+- ``_datasets``: the prepared data as a run's MLflow dataset input.
+- ``_sysmetrics``: MLflow's system-metrics monitor, started and stopped with a run.
 - ``_lightning``: :class:`MlflowRunLogger`.
 
 Warnings (the store unreachable, logging kept or not delivered) go to the standard

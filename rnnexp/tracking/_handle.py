@@ -8,6 +8,7 @@ distributed run but global rank 0) get a :class:`NullRunHandle` with the same ca
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -96,6 +97,107 @@ class RunHandle:
             {"text": text, "artifact_file": artifact_file},
         )
 
+    def log_dataset(
+        self, meta: Mapping[str, Any], prepared_dir: str | Path, context: str, source: str
+    ) -> None:
+        """Log the prepared data (``meta``, from ``prepared_dir``) as the run's dataset input.
+
+        ``context`` is ``training`` or ``evaluation``; ``source`` (``data.source``)
+        names it with the levels, ``digits-17``; see ``rnnexp.tracking._datasets``.
+        """
+        from rnnexp.tracking._datasets import dataset_input
+
+        item = dataset_input(source, meta, prepared_dir, context)
+        self._deliver(
+            f"dataset {item.dataset.name} ({context})",
+            lambda: self.client.log_inputs(self.run_id, datasets=[item]),
+            {"dataset": item.dataset.name, "digest": item.dataset.digest, "context": context},
+        )
+
+    def add_name_note(self, note: str) -> None:
+        """Add ``(note)`` to the run's name (before its ``[exp ...]``): ``(pruned at epoch 5)``."""
+        from rnnexp.tracking._names import RUN_NAME_TAG, with_note
+        from rnnexp.tracking._store import UNREACHABLE, fail_fast
+
+        try:
+            with fail_fast():
+                name = self.client.get_run(self.run_id).info.run_name or ""
+        except UNREACHABLE:  # a nicety: the run keeps its name, the state is in its tags
+            return
+        self.set_tags({RUN_NAME_TAG: with_note(name, note)})
+
+    def log_generator_model(
+        self, checkpoint: str | Path, metadata: Mapping[str, Any]
+    ) -> str | None:
+        """Log ``checkpoint`` as this run's pyfunc LoggedModel (``rnnexp.tracking._pyfunc``).
+
+        ``metadata`` (arch, levels, image_shape, num_classes, task, ...) goes into the
+        model's metadata; the run gets the tag ``rnnexp.model_id``. Returns the model
+        id, or None (with a warning) when the store could not take it: a trained
+        model is not lost for a logging failure, it stays in the checkpoint file.
+        """
+        from rnnexp.tracking._pyfunc import log_generator_model
+        from rnnexp.tracking._store import UNREACHABLE, first_line
+
+        try:
+            return log_generator_model(self.client, self.run_id, checkpoint, dict(metadata))
+        except UNREACHABLE as exc:
+            logging.getLogger(__name__).warning(f"logged model not created: {first_line(exc)}")
+            return None
+
+    @staticmethod
+    def check_registry_name(name: str) -> None:
+        """Raise :class:`RnnexpError` when MLflow's registry refuses ``name``; before any work."""
+        from rnnexp.tracking._registry import check_model_name
+
+        check_model_name(name)
+
+    def register_champion(
+        self, name: str, metrics: Mapping[str, float], tags: Mapping[str, Any]
+    ) -> str:
+        """Link ``metrics`` to this run's logged model, register it, decide its alias.
+
+        The model is the one of the run's tag ``rnnexp.model_id``; without one (e.g.
+        a checkpoint restored from DVC's run-cache) nothing is registered and the
+        returned line says so. Otherwise the model version goes under ``name`` and
+        takes alias ``champion`` or ``challenger`` by ``metrics["test/nll_nats"]``
+        (rule: ``rnnexp.tracking._registry``); the decision is returned and set as
+        the run's tag ``rnnexp.registry``. The version's tags: the training run's data
+        hash, arch, DVC experiment and git commit, updated by ``tags``.
+
+        Raises :class:`RnnexpError` for a name MLflow refuses or a registry that
+        refuses the request (e.g. a user without permission on an auth server).
+        """
+        from mlflow.exceptions import MlflowException
+
+        from rnnexp.errors import RnnexpError
+        from rnnexp.tracking._pyfunc import MODEL_ID_TAG
+        from rnnexp.tracking._registry import DECISION_TAG, check_model_name, register_champion
+
+        check_model_name(name)
+        run_tags = self.client.get_run(self.run_id).data.tags
+        model_id = run_tags.get(MODEL_ID_TAG)
+        if not model_id:
+            return f"not registered: run {self.run_id} has no logged model"
+        origin = {  # where the model comes from, as its training run says; ``tags`` win
+            "rnnexp.data_hash": run_tags.get("rnnexp.data_hash"),
+            "rnnexp.arch": run_tags.get("rnnexp.arch"),
+            "rnnexp.dvc_exp": run_tags.get("rnnexp.dvc_exp"),
+            "rnnexp.git_commit": run_tags.get("mlflow.source.git.commit"),
+        }
+        tags = {**{k: v for k, v in origin.items() if v}, **tags}
+        now = int(time.time() * 1000)
+        linked = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
+        try:
+            self.client.log_batch(self.run_id, metrics=linked)
+            decision = register_champion(
+                self.client, model_id, name, metrics["test/nll_nats"], tags
+            )
+        except MlflowException as exc:
+            raise RnnexpError(f"registry {name!r}: {exc.message}") from None
+        self.client.set_tag(self.run_id, DECISION_TAG, decision)
+        return decision
+
 
 @dataclass
 class NullRunHandle:
@@ -126,3 +228,24 @@ class NullRunHandle:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Log nothing."""
+
+    def log_dataset(
+        self, meta: Mapping[str, Any], prepared_dir: str | Path, context: str, source: str
+    ) -> None:
+        """Log nothing."""
+
+    def add_name_note(self, note: str) -> None:
+        """Rename nothing."""
+
+    def log_generator_model(self, checkpoint: str | Path, metadata: Mapping[str, Any]) -> None:
+        """Log nothing; no model id."""
+
+    @staticmethod
+    def check_registry_name(name: str) -> None:
+        """Check nothing: nothing will be registered."""
+
+    def register_champion(
+        self, name: str, metrics: Mapping[str, float], tags: Mapping[str, Any]
+    ) -> str:
+        """Register nothing; says so."""
+        return "not registered: tracking is off"

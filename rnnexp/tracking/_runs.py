@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -22,8 +23,10 @@ from rnnexp.config import Params
 from rnnexp.tracking._buffer import Pending, RetryBuffer, save_undelivered
 from rnnexp.tracking._handle import NullRunHandle, RunHandle
 from rnnexp.tracking._liveness import mark_stale_runs_killed
+from rnnexp.tracking._names import stage_run_name, with_exp
 from rnnexp.tracking._resume import reopen_run
 from rnnexp.tracking._store import UNREACHABLE, TrackingError, connect, experiment_id, first_line
+from rnnexp.tracking._sysmetrics import start_monitor, stop_monitor
 from rnnexp.tracking._tags import source_tags
 from rnnexp.util.distributed import is_global_zero
 
@@ -90,12 +93,16 @@ def tracked_run(
     parent_run_id: str | None = None,
     finished_on: tuple[type[BaseException], ...] = (),
     resume_run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[RunHandle]:
     """Open an MLflow run for one stage execution and always close it.
 
     The run gets the flattened params, the source tags (host, pid, git commit and
     dirty flag, DVC experiment), the stage tag and ``tags``; with ``parent_run_id``
-    it is nested under that run. It ends FINISHED, FAILED (exception) or KILLED
+    it is nested under that run. Its name is ``run_name`` as given, else one built
+    from the stage, params and tags (``train row_lstm h48x3 lr8.5e-3``, see
+    ``rnnexp.tracking._names``) with ``[exp <name>]`` appended inside a DVC
+    experiment; MLflow never draws a random one. It ends FINISHED, FAILED (exception) or KILLED
     (Ctrl-C, SIGTERM); exceptions of the types in ``finished_on`` (a pruned trial)
     end it FINISHED. Exceptions propagate. With ``tracking.enabled`` false, and in
     every process of a distributed run but global rank 0, it yields a
@@ -110,6 +117,10 @@ def tracked_run(
     Logging that cannot reach the store is kept and retried; what is still not
     delivered when the block ends is saved to ``mlflow-undelivered/<run_id>.json``
     and raises :class:`TrackingError` (or, when the block failed, a warning).
+
+    With ``system_metrics``, MLflow's system metrics (``system/cpu_utilization_percentage``
+    and the like) are sampled into the run while it is open: the monitor starts once
+    the run is open and is stopped before the run ends, whatever ends the block.
     """
     if not params.tracking.enabled or not is_global_zero(params.train.devices):
         yield NullRunHandle()  # type: ignore[misc]
@@ -119,6 +130,8 @@ def tracked_run(
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     all_tags = {k: str(v) for k, v in all_tags.items()}
+    exp = os.environ.get("DVC_EXP_NAME")
+    name = run_name or with_exp(stage_run_name(stage, params, all_tags), exp)
     try:
         experiment = experiment_id(client, params.tracking.experiment, uri)
         mark_stale_runs_killed(client, experiment)
@@ -126,7 +139,7 @@ def tracked_run(
         if resume_run_id:
             handle = reopen_run(client, resume_run_id, experiment, all_tags)
         if handle is None:
-            run = client.create_run(experiment, tags=all_tags, run_name=run_name)
+            run = client.create_run(experiment, tags=all_tags, run_name=name)
             handle = RunHandle(client, run.info.run_id, experiment)
         else:
             handle.resumed = True
@@ -136,6 +149,7 @@ def tracked_run(
         ) from exc
     handle.buffer = RetryBuffer(handle.run_id)
     error: BaseException | None = None
+    monitor = None
     try:
         with _interrupts_raise(handle):
             flat = params.flat()
@@ -145,6 +159,8 @@ def tracked_run(
                 logged = client.get_run(handle.run_id).data.params
                 flat = {k: v for k, v in flat.items() if k not in logged}
             handle.log_params(flat)
+            if system_metrics:
+                monitor = start_monitor(client, handle.run_id, uri, handle.resumed)
             yield handle
     except finished_on:
         raise
@@ -154,6 +170,7 @@ def tracked_run(
             handle.set_tags({"rnnexp.error": f"{type(exc).__name__}: {exc}"[:5000]})
         raise
     finally:
+        stop_monitor(monitor)  # before the run ends: nothing is logged after its end
         _close(handle, uri, _end_status(error, handle), error)
 
 

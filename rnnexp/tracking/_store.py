@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
+from rnnexp.tracking._names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from rnnexp.util.paths import workspace_root
 
 DEFAULT_DB = "mlflow.db"
@@ -108,11 +109,22 @@ def connect(params: Params | None = None) -> tuple[MlflowClient, str]:
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, restored if deleted, created if missing."""
+    """The id of experiment ``name``, restored if deleted, created if missing.
+
+    The experiment declares model training (tag :data:`EXPERIMENT_KIND_TAG` =
+    :data:`EXPERIMENT_KIND`, so that MLflow 3's UI opens on its runs table, not on
+    the GenAI overview): set when it is created, or when first used without one
+    (or with only the UI's inferred guess).
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        kind = experiment.tags.get(EXPERIMENT_KIND_TAG, "")
+        if not kind or kind.endswith("_inferred"):  # unset, or only the UI's guess
+            client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
@@ -120,12 +132,14 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         db = Path(uri.removeprefix("sqlite:///"))
         location = (db.parent / ARTIFACTS_DIR).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except MlflowException:  # created by a concurrent process in the meantime
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
-        return experiment.experiment_id
+        return experiment_id(client, name, uri)  # and its kind tag, if it has none yet
 
 
 def probe_store(params: Params, timeout_s: float = 10.0) -> str:

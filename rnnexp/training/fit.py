@@ -135,9 +135,11 @@ def run_training(
             parent_run_id=parent_run_id,
             finished_on=finished_on,
             resume_run_id=plan.run_id,
+            system_metrics=params.tracking.system_metrics,
         ) as run,
     ):
         system.run_id = run.run_id
+        run.log_dataset(meta, prepared_dir, "training", params.data.source)
         log.debug(
             f"{stage}: run {run.run_id}, accelerator {t.accelerator}, devices {t.devices}, "
             f"strategy {t.strategy}, {threads} torch threads, precision {t.precision}"
@@ -202,4 +204,16 @@ def run_training(
             best_path, last_path = out_dir / f"{BEST}.ckpt", out_dir / f"{LAST}.ckpt"
             if params.tracking.log_checkpoint:
                 run.log_artifact(best_path, "checkpoints")
+                if stage == "train":  # the model to load, register and serve; not trials
+                    c = generator.config
+                    run.log_generator_model(
+                        best_path,
+                        {
+                            **data_info,
+                            "arch": c.arch,
+                            "image_shape": list(shape),
+                            "num_classes": c.num_classes,
+                            "source_channels": c.source_channels,
+                        },
+                    )
     return TrainResult(run.run_id, best_path, last_path, metrics, len(system.history))
