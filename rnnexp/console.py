@@ -52,6 +52,9 @@ QUIET_LOGGERS: dict[str, int] = {
     "optuna.study._optimize": logging.ERROR,
     # MLflow's "Creating initial MLflow database tables..." of a new SQLite store
     "mlflow.store.db.utils": logging.WARNING,
+    # logging the generator as a pyfunc model: "Validating input example against model
+    # signature" and the CloudPickle caution about a model object we wrote ourselves
+    "mlflow.pyfunc": logging.ERROR,
 }
 
 # (message regex, category) of Python warnings that are noise on our console.
@@ -148,6 +151,10 @@ def setup(verbose: bool = False) -> bool:
         # NOTSET: the library's own level again (Lightning and Optuna set INFO on theirs)
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
     _quiet_warnings(not verbose)
+    # MLflow's "Downloading artifacts" progress bar (loading the logged model for its
+    # input-example check); a user's own setting wins
+    if not verbose:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _state["verbose"] = verbose
     logger.debug("console: verbose (--verbose or %s=debug); libraries not silenced", ENV)
     return verbose

@@ -80,7 +80,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
         self.loaded = load_checkpoint(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow reads them
+    # model_input: pd.DataFrame tells MLflow to take the explicit signature as it is
+    # (without a hint it warns at every load; other hints would change the input it passes)
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """One output row per image (a DataFrame); see the module docstring for the columns."""
         from rnnexp.errors import RnnexpError
         from rnnexp.evaluation.generation import TaskInfo, class_labels, generate, translate

@@ -17,6 +17,8 @@ champion reached through ``models:/<name>@champion`` loads with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -71,7 +73,9 @@ def register_champion(
     current = _champion(client, name)
     version_tags = {k: str(v) for k, v in tags.items()}
     version_tags[NLL_TAG] = repr(float(test_nll))
-    with global_store(client.tracking_uri):
+    # MLflow prints "Successfully registered model ..." / "Created version ..." to stderr;
+    # the stage logs its own line with the decision
+    with global_store(client.tracking_uri), contextlib.redirect_stderr(io.StringIO()):
         version = mlflow.register_model(f"models:/{model_id}", name, tags=version_tags)
     if current is None:
         alias, why = CHAMPION, "no champion before"
