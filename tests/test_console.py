@@ -77,6 +77,23 @@ def test_tune_prints_one_line_per_trial_and_no_library_noise(tmp_path, prepared_
     assert lines[-1].startswith("tune: study rnnexp-") and "2 trials" in lines[-1]
 
 
+def test_train_and_evaluate_print_their_lines_and_no_mlflow_chatter(
+    tmp_path, prepared_dir, mlflow_uri
+):
+    # train logs a pyfunc model, evaluate registers it: MLflow's own lines stay quiet
+    sets = set_args(tiny(TRAINED, "train.use_tuned=false", "evaluate.score_samples=0"))
+    lines = console_of(rnnexp_cmd("train", tmp_path, prepared_dir, *sets), tmp_path, mlflow_uri)
+    checkpoint = str(tmp_path / "models" / "best.ckpt")
+    evaluate = [str(BIN / "rnnexp"), "evaluate", "--params", str(PARAMS_YAML),
+                "--checkpoint", checkpoint, "--prepared", str(prepared_dir),
+                "--out", str(tmp_path / "reports"), *sets]  # fmt: skip
+    lines += console_of(evaluate, tmp_path, mlflow_uri)
+    ours = ("train: ", "evaluate: ")
+    assert [line for line in lines if not line.startswith(ours)] == [], "\n".join(lines)
+    assert any(re.match(r"evaluate: registered \S+ version \d+: (champion|challenger)", line)
+               for line in lines), lines  # fmt: skip
+
+
 def test_verbose_brings_back_debug_lines_and_the_libraries_output(
     tmp_path, prepared_dir, mlflow_uri
 ):
