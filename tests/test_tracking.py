@@ -42,6 +42,7 @@ def test_finished_run_has_params_and_tags(store, monkeypatch):
     assert data.tags["rnnexp.dvc_exp"] == "exp-abc"
     assert data.tags["rnnexp.data_hash"] == "h1"
     assert data.tags["rnnexp.pid"] == str(os.getpid())
+    assert data.tags["mlflow.source.name"] == "rnnexp train"  # the UI's Source column
     history = store.get_metric_history(run.run_id, "val/bpd")
     assert [(m.step, m.value) for m in history] == [(3, 1.5)]
 

@@ -126,7 +126,9 @@ def tracked_run(
         yield NullRunHandle()  # type: ignore[misc]
         return
     client, uri = connect(params)
-    all_tags = {**source_tags(), "rnnexp.stage": stage, **(tags or {})}
+    # mlflow.source.*: the UI's Source column names the command that made the run
+    source = {"mlflow.source.name": f"rnnexp {stage}", "mlflow.source.type": "LOCAL"}
+    all_tags = {**source_tags(), **source, "rnnexp.stage": stage, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     all_tags = {k: str(v) for k, v in all_tags.items()}
