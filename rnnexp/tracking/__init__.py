@@ -33,6 +33,9 @@ Private modules, one job each (import them only from this package and its tests)
 - ``_datasets``: the prepared data as a run's MLflow dataset input.
 - ``_sysmetrics``: MLflow's system-metrics monitor, started and stopped with a run.
 - ``_lightning``: :class:`MlflowRunLogger`.
+- ``_pyfunc``: the generator as an MLflow ``pyfunc`` LoggedModel (``predict`` makes
+  images); loading it needs rnnexp and torch only.
+- ``_registry``: registering a logged model; the ``champion`` / ``challenger`` rule.
 
 Warnings (the store unreachable, logging kept or not delivered) go to the standard
 ``logging`` loggers ``rnnexp.tracking.*``.
