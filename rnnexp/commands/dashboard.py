@@ -62,14 +62,6 @@ def _shown(url: str) -> str:
         return url
 
 
-def journal_path(url: str) -> Path:
-    """The file of a ``journal:<file>`` storage, as the tune stage resolves it."""
-    from rnnexp.util.paths import workspace_root
-
-    path = Path(url.removeprefix(JOURNAL))
-    return path if path.is_absolute() else workspace_root() / path
-
-
 def _check_sqlite(url: str) -> str:
     """The SQLite file of ``url`` exists and holds Optuna's tables (opened read-only).
 
@@ -122,6 +114,8 @@ def _storage_args(url: str, connect: bool) -> list[str]:
     A server database (PostgreSQL, ...) is connected to only when ``connect``.
     """
     if url.startswith(JOURNAL):
+        from rnnexp.stages.tune import journal_path  # the tune stage's own rule
+
         path = journal_path(url)
         if not path.is_file():
             raise RnnexpError(

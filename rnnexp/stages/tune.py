@@ -62,13 +62,17 @@ def storage_url(params: Params) -> str:
     return params.tune.storage or f"sqlite:///{workspace_root() / 'optuna.db'}"
 
 
+def journal_path(url: str) -> Path:
+    """The file of a ``journal:<file>`` storage; a relative one is from the workspace root."""
+    path = Path(url.removeprefix("journal:"))
+    return path if path.is_absolute() else workspace_root() / path
+
+
 def open_storage(params: Params, workers: int) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``workers`` processes; SQLite refuses more than one."""
     url = storage_url(params)
     if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        if not path.is_absolute():
-            path = workspace_root() / path
+        path = journal_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite") and workers > 1:

@@ -22,11 +22,8 @@ level indices 0..levels-1), ``levels``, ``class`` (-1 where none) and ``seed``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,33 +32,15 @@ import numpy as np
 import pandas as pd
 from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types.schema import Array, ColSpec, Schema
+
+from rnnexp.tracking._store import global_store
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "generator"
 MODEL_ID_TAG = "rnnexp.model_id"
 DEFAULTS = {"n": 1, "class": -1, "temperature": 1.0, "seed": 0}
-
-
-@contextlib.contextmanager
-def global_store(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI is ``uri`` inside (for its fluent model calls).
-
-    MLflow's own ``_use_tracking_uri`` restores the URI but unsets
-    ``MLFLOW_TRACKING_URI`` on the way out when no global URI was set; the variable
-    is restored here too.
-    """
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        with _use_tracking_uri(uri):
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def _value(row: pd.Series, key: str) -> Any:

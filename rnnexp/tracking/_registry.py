@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import _validate_model_name
 
 from rnnexp.errors import RnnexpError
-from rnnexp.tracking._pyfunc import global_store
+from rnnexp.tracking._store import global_store
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 NLL_TAG, DATA_TAG = "rnnexp.test_nll_nats", "rnnexp.data_hash"

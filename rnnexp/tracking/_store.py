@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
@@ -159,3 +160,22 @@ def probe_store(params: Params, timeout_s: float = 10.0) -> str:
     except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
         raise RnnexpError(f"{uri}: {first_line(exc)}") from None
     return f"{uri} (experiment {params.tracking.experiment!r} id {found}, writable)"
+
+
+@contextlib.contextmanager
+def global_store(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI is ``uri`` inside (for its fluent model calls).
+
+    MLflow's own ``_use_tracking_uri`` restores the URI but unsets
+    ``MLFLOW_TRACKING_URI`` on the way out when no global URI was set; the variable
+    is restored here too.
+    """
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
