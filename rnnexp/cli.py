@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--out", default="reports")
     p.add_argument("--workers", type=int, default=None, help="worker processes (tune.workers)")
+    p.add_argument(
+        "--trial-out", default="models/tuned", help="the best trial's checkpoints (for train)"
+    )
     p = stage(
         "classifier", "train the scoring classifier of the prepared data (sample scores); models/"
     )
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--out", default="models")
     p.add_argument("--tuned", default="reports/best_params.yaml", help="tune stage output")
+    p.add_argument(
+        "--trial", default="models/tuned", help="the best trial's checkpoints, to continue"
+    )
     p = stage("evaluate", "score the best checkpoint; reports/")
     p.add_argument("--checkpoint", default="models/best.ckpt")
     p.add_argument("--prepared", default="data/prepared")

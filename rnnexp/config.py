@@ -59,6 +59,7 @@ class ModelParams(_Section):
     kernel: int = Field(3, ge=1, le=31, description="width k of the 1xk convolutions (odd)")
     input_kernel: int = Field(7, ge=1, le=31, description="masked input convolution (odd)")
     head_hidden: int = Field(64, ge=1, le=4096, description="width of the output head")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of each layer's output path")
 
 
 class TrainParams(_Section):
@@ -67,6 +68,13 @@ class TrainParams(_Section):
     batch_size: int = Field(64, ge=1, le=65536, description="images per batch")
     lr: float = Field(3.0e-3, gt=0.0, le=10.0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: linear warm-up, then cosine decay to 0 at max_epochs"
+    )
+    warmup_epochs: int = Field(0, ge=0, le=100000, description="linear lr warm-up (cosine)")
+    patience: int = Field(
+        0, ge=0, le=100000, description="stop after N epochs without a better val metric (0: off)"
+    )
     grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0 = off)")
     precision: Precision = Field("32-true", description="Lightning precision")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when there is one")
@@ -100,7 +108,9 @@ class TuneParams(_Section):
 
     n_trials: int = Field(8, ge=0, le=100000, description="trials to finish (0: skip the search)")
     timeout: float | None = Field(None, gt=0.0, description="study time budget (s)")
-    epochs: int = Field(10, ge=1, le=100000, description="max epochs of each trial")
+    epochs: int | None = Field(
+        None, ge=1, le=100000, description="max epochs of a trial; null: train.max_epochs"
+    )
     study_name: str | None = Field(None, description="null: derived from the search settings")
     storage: str | None = Field(None, description="null: sqlite:///<repo>/optuna.db")
     sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler (seeded)")
@@ -121,6 +131,9 @@ class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1, le=65536, description="images per batch when scoring")
     score_samples: int = Field(1000, ge=0, le=1000000, description="samples the classifier scores")
     classifier_epochs: int = Field(20, ge=1, le=10000, description="scoring classifier epochs")
+    classifier_patience: int = Field(
+        3, ge=0, le=10000, description="classifier: stop after N epochs without better val acc"
+    )
     classifier_threads: int = Field(0, ge=0, description="torch CPU threads of the classifier")
     threads: int = Field(0, ge=0, le=1024, description="torch CPU threads of the evaluation")
 
@@ -248,6 +261,11 @@ def _consistency_errors(p: Params) -> list[str]:
         errors.append(f"data.path must be set for data.source={p.data.source!r}")
     if p.data.source == "image-folder" and p.data.url:
         errors.append("data.url is only for data.source='idx'")
+    if p.train.lr_schedule == "cosine" and p.train.warmup_epochs >= p.train.max_epochs:
+        errors.append(
+            f"train.warmup_epochs: {p.train.warmup_epochs} leaves no epoch of the cosine "
+            f"schedule (train.max_epochs is {p.train.max_epochs})"
+        )
     for key in ("kernel", "input_kernel"):
         if getattr(p.model, key) % 2 == 0:
             errors.append(f"model.{key}: {getattr(p.model, key)} must be odd")

@@ -1,5 +1,6 @@
 """DVC stage ``train``: train the generator of params.yaml (with the tune stage's best
-params merged over it, ``train.use_tuned``); checkpoints under ``models/``.
+params merged over it, ``train.use_tuned``); checkpoints under ``models/``. It continues
+the best trial's training (``models/tuned/``) rather than starting it again.
 
 The training itself is :func:`rnnexp.training.fit.run_training`, the one code path
 that the tune stage's trials take too; it opens and logs the model's MLflow run.
@@ -34,15 +35,26 @@ def tuned(params: Params, path: str | Path) -> Params:
     return with_overrides(params, best["params"], source=str(path))
 
 
-def run(params: Params, prepared_dir: str, out_dir: str, tuned_path: str) -> TrainResult:
-    """Train the (tuned) generator; ``best.ckpt`` and ``last.ckpt`` in ``out_dir``."""
-    return run_training(tuned(params, tuned_path), prepared_dir, out_dir)
+def run(
+    params: Params, prepared_dir: str, out_dir: str, tuned_path: str, trial_dir: str | None = None
+) -> TrainResult:
+    """Train the (tuned) generator; ``best.ckpt`` and ``last.ckpt`` in ``out_dir``.
+
+    With ``train.use_tuned`` the training continues the best trial's checkpoints in
+    ``trial_dir`` (the tune stage's output) when they were trained with the same
+    params and data, instead of training again what the search already trained.
+    """
+    start_from = trial_dir if params.train.use_tuned and trial_dir else None
+    return run_training(tuned(params, tuned_path), prepared_dir, out_dir, start_from=start_from)
 
 
 def main(args: Any, params: Params) -> None:
-    result = run(params, args.prepared, args.out, args.tuned)
+    result = run(params, args.prepared, args.out, args.tuned, args.trial)
     figures = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
-    log.info(f"train: {result.epochs} epochs, {figures}, run {result.run_id}")
+    log.info(
+        f"train: {result.epochs} epochs ({result.epochs_trained} trained here), {figures}, "
+        f"run {result.run_id}"
+    )
 
 
 if __name__ == "__main__":

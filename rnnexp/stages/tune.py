@@ -1,10 +1,17 @@
 """DVC stage ``tune``: an Optuna study over ``tune.space``, one training code path.
 
 Every trial calls :func:`rnnexp.training.fit.run_training` with the trial's params (and
-``tune.epochs`` epochs), reports the validation metric every epoch through
-optuna-integration's ``PyTorchLightningPruningCallback`` and is a nested MLflow
-run under the tune stage's run. The stage writes the best params, which the train
-stage merges over ``params.yaml`` (``train.use_tuned``).
+the final model's epoch budget and early-stopping rule: ``train.max_epochs``, or
+``tune.epochs`` when set, and ``train.patience``), reports the validation metric every
+epoch through optuna-integration's ``PyTorchLightningPruningCallback`` and is a nested
+MLflow run under the tune stage's run. The stage writes the best params, which the
+train stage merges over ``params.yaml`` (``train.use_tuned``), and the best trial's
+checkpoints (``models/tuned/``), which the train stage continues instead of training
+the same model again.
+
+Trials write their checkpoints under ``<workspace>/.rnnexp/trials/<study>/<number>/``;
+a pruned or failed trial's, and a complete trial's that another trial beats, are
+deleted, so the folder keeps the best trial of each study (a resumed study still has it).
 
 Storage (``tune.storage``):
 
@@ -25,29 +32,39 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
 import re
+import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from rnnexp import console, tracking
 from rnnexp.config import Params, with_overrides
 from rnnexp.console import trial_line
 from rnnexp.data.prepare import check_batch_size, read_meta
-from rnnexp.errors import ConfigError, RnnexpError
-from rnnexp.util.paths import workspace_root
+from rnnexp.errors import RnnexpError
+from rnnexp.tuning.search import (  # noqa: F401  (part of this stage's API)
+    TABLE_COLUMNS,
+    default_study_name,
+    make_pruner,
+    make_sampler,
+    suggest,
+    trials_table,
+)
+from rnnexp.tuning.storage import (  # noqa: F401  (part of this stage's API)
+    journal_path,
+    open_storage,
+    storage_url,
+    trials_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,87 +72,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Off a terminal a trial logs an epoch line at most this often: a short trial shows
 # just its result line, a long one that it is alive (with an ETA).
 TRIAL_PROGRESS_EVERY_S = 60.0
-
-
-def storage_url(params: Params) -> str:
-    """The study storage: ``tune.storage`` or the workspace's SQLite file."""
-    return params.tune.storage or f"sqlite:///{workspace_root() / 'optuna.db'}"
-
-
-def journal_path(url: str) -> Path:
-    """The file of a ``journal:<file>`` storage; a relative one is from the workspace root."""
-    path = Path(url.removeprefix("journal:"))
-    return path if path.is_absolute() else workspace_root() / path
-
-
-def open_storage(params: Params, workers: int) -> optuna.storages.BaseStorage:
-    """The Optuna storage for ``workers`` processes; SQLite refuses more than one."""
-    url = storage_url(params)
-    if url.startswith("journal:"):
-        path = journal_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite") and workers > 1:
-        raise ConfigError(
-            f"tune.storage: SQLite ({url}) takes one writer, but {workers} workers were asked "
-            "for; use 'journal:optuna-journal.log' for workers on one machine, or "
-            "'postgresql+psycopg://user:password@host/db' for workers on several machines"
-        )
-    try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=params.tune.heartbeat,
-            grace_period=2 * params.tune.heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    except Exception as exc:  # SQLAlchemy: bad URL, missing driver, server down
-        raise RnnexpError(f"tune.storage {url!r}: cannot open the study storage: {exc}") from None
-
-
-def default_study_name(params: Params, data_hash: str) -> str:
-    """``rnnexp-<hash>`` of everything a trial's result depends on except the budget,
-    so that raising ``n_trials`` resumes the study and changing the space starts anew."""
-    tune = params.to_dict()["tune"]
-    for budget in ("n_trials", "timeout", "workers", "storage", "heartbeat", "study_name"):
-        tune.pop(budget)
-    key = {"tune": tune, "model": params.to_dict()["model"], "data": data_hash}
-    key["train"] = {k: v for k, v in params.to_dict()["train"].items() if k != "use_tuned"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return f"rnnexp-{digest[:12]}"
-
-
-def make_sampler(params: Params) -> optuna.samplers.BaseSampler:
-    t = params.tune
-    if t.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=t.seed)
-    return optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=max(t.startup_trials, 1))
-
-
-def make_pruner(params: Params) -> optuna.pruners.BasePruner:
-    t = params.tune
-    if t.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=1)
-    if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.epochs)
-    return optuna.pruners.NopPruner()
-
-
-def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
-    """The trial's values of the searched params, ``{"section.key": value}``."""
-    values = {}
-    for name, spec in space.items():
-        kind = spec["type"]
-        if kind == "categorical":
-            values[name] = trial.suggest_categorical(name, spec["choices"])
-        elif kind == "int":
-            step = spec.get("step", 1)
-            log = bool(spec.get("log", False))
-            values[name] = trial.suggest_int(name, spec["low"], spec["high"], step=step, log=log)
-        else:
-            values[name] = trial.suggest_float(
-                name, spec["low"], spec["high"], log=bool(spec.get("log", False))
-            )
-    return values
 
 
 @dataclass
@@ -162,26 +98,28 @@ def _objective(ctx: _Context, trial: optuna.Trial) -> float:
         state["run"] = run
         trial.set_user_attr("mlflow_run_id", run.run_id)
 
+    out = trials_dir(ctx.study_name) / str(trial.number)
     try:
         overrides = suggest(trial, ctx.params.tune.space)
+        budget = ctx.params.tune.epochs or ctx.params.train.max_epochs
         trial_params = with_overrides(
-            ctx.params, {**overrides, "train.max_epochs": ctx.params.tune.epochs}, "trial"
+            ctx.params, {**overrides, "train.max_epochs": budget}, "trial"
         )
-        with tempfile.TemporaryDirectory(prefix="rnnexp-trial-") as scratch:
-            result = run_training(
-                trial_params,
-                ctx.prepared_dir,
-                scratch,
-                stage="trial",
-                parent_run_id=ctx.parent_run_id,
-                tags=tags,
-                callbacks=[PyTorchLightningPruningCallback(trial, monitor=ctx.params.tune.metric)],
-                on_run_start=started,
-                finished_on=(optuna.TrialPruned,),
-                save_checkpoints=False,
-                progress=EpochProgress(f"tune: trial {trial.number}", TRIAL_PROGRESS_EVERY_S),
-            )
+        result = run_training(
+            trial_params,
+            ctx.prepared_dir,
+            out,
+            stage="trial",
+            parent_run_id=ctx.parent_run_id,
+            tags=tags,
+            callbacks=[PyTorchLightningPruningCallback(trial, monitor=ctx.params.tune.metric)],
+            on_run_start=started,
+            finished_on=(optuna.TrialPruned,),
+            resume=False,
+            progress=EpochProgress(f"tune: trial {trial.number}", TRIAL_PROGRESS_EVERY_S),
+        )
     except optuna.TrialPruned as exc:
+        shutil.rmtree(out, ignore_errors=True)
         _tag_state(state["run"], "pruned")
         if state["run"] is not None:  # "trial 3 ... (pruned at epoch 5)"; Optuna counts from 0
             epoch = re.search(r"epoch (\d+)", str(exc))
@@ -190,12 +128,22 @@ def _objective(ctx: _Context, trial: optuna.Trial) -> float:
             )
         raise
     except Exception as exc:
+        shutil.rmtree(out, ignore_errors=True)
         _tag_state(state["run"], "failed")
         trial.set_user_attr("error", str(exc))  # for _log_trial: Optuna's report is silenced
         raise
     _tag_state(state["run"], "complete")
     key = "best/val_bpd" if ctx.params.tune.metric == "val/bpd" else "best/val_nll"
-    return result.metrics[key]
+    value = result.metrics[key]
+    if _beaten(trial.study, value):  # its checkpoints will never be continued
+        shutil.rmtree(out, ignore_errors=True)
+    return value
+
+
+def _beaten(study: optuna.Study, value: float) -> bool:
+    """Whether a complete trial of ``study`` already has a better value."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return any(v is not None and v < value for v in values)
 
 
 def _tag_state(run: tracking.RunHandle | None, state: str) -> None:
@@ -245,24 +193,9 @@ class TuneResult:
     best_value: float | None
     trials: pd.DataFrame  # trials_table()
     run_id: str | None
-
-
-TABLE_COLUMNS = ["number", "state", "value", "epochs", "duration"]  # and params_*, user_attrs_*
-
-
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, from Optuna's ``trials_dataframe``: number, state (lower case),
-    value, epochs run, duration in seconds, its MLflow run (``user_attrs_mlflow_run_id``)
-    and its params (``params_<name>``). The tune stage writes it as ``tune_trials.csv``."""
-    attrs = ("number", "state", "value", "duration", "params", "user_attrs")
-    table = study.trials_dataframe(attrs=attrs)
-    if table.empty:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    table["state"] = table["state"].str.lower()
-    table["duration"] = table["duration"].dt.total_seconds()
-    epochs = [len(trial.intermediate_values) for trial in study.get_trials(deepcopy=False)]
-    table.insert(3, "epochs", epochs)  # both in trial-number order
-    return table
+    best_trial: int | None = None
+    best_run_id: str | None = None  # the best trial's MLflow run
+    best_checkpoints: Path | None = None  # its folder of best.ckpt and last.ckpt, if kept
 
 
 def run(
@@ -311,8 +244,27 @@ def run(
             _run_workers(ctx, [s for s in shares if s])
         study = optuna.load_study(study_name=name, storage=open_storage(params, workers))
         result = _summarise(study, run.run_id)
+        result.best_checkpoints = _keep_best(study)
         _log_study(run, study, result)
     return result
+
+
+def _keep_best(study: optuna.Study) -> Path | None:
+    """Delete the checkpoints of the study's finished trials but the best one's; the
+    best trial's folder, or None (with a warning) when it is not on this machine."""
+    best, root = study.best_trial, trials_dir(study.study_name)
+    done = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for folder in root.iterdir() if root.is_dir() else ():
+        if folder.name != str(best.number) and folder.name.isdigit() and int(folder.name) in done:
+            shutil.rmtree(folder, ignore_errors=True)
+    kept = root / str(best.number)
+    if (kept / "best.ckpt").is_file() and (kept / "last.ckpt").is_file():
+        return kept
+    log.warning(
+        f"tune: the checkpoints of the best trial ({best.number}) are not in {kept} (trained "
+        "on another machine, or deleted); the train stage trains the model from scratch"
+    )
+    return None
 
 
 def _run_workers(ctx: _Context, shares: list[int]) -> None:
@@ -343,7 +295,15 @@ def _summarise(study: optuna.Study, run_id: str) -> TuneResult:
             f"{sorted(set(rows['state']))}); see the trial runs in MLflow"
         )
     best = study.best_trial
-    return TuneResult(study.study_name, dict(best.params), best.value, rows, run_id)
+    return TuneResult(
+        study.study_name,
+        dict(best.params),
+        best.value,
+        rows,
+        run_id,
+        best.number,
+        best.user_attrs.get("mlflow_run_id"),
+    )
 
 
 def _log_study(run: tracking.RunHandle, study: optuna.Study, result: TuneResult) -> None:
@@ -367,15 +327,23 @@ def _log_study(run: tracking.RunHandle, study: optuna.Study, result: TuneResult)
 
 
 def main(args: Any, params: Params) -> None:
-    """Write ``reports/best_params.yaml`` and ``reports/tune_trials.csv``."""
+    """Write ``reports/best_params.yaml``, ``reports/tune_trials.csv`` and the best
+    trial's checkpoints with its ``trial.json`` (``models/tuned/``)."""
     import yaml
 
-    from rnnexp.util.atomic import atomic_write_text
+    from rnnexp.util.atomic import atomic_dir, atomic_write_json, atomic_write_text
 
     result = run(params, args.prepared, workers=args.workers)
     out = Path(args.out)
     best = {"study": result.study_name or None, "best_value": result.best_value}
+    best["trial"], best["trial_run_id"] = result.best_trial, result.best_run_id
     best["params"] = result.best_overrides
+    with atomic_dir(args.trial_out) as folder:
+        if result.best_checkpoints is not None:
+            for name in ("best.ckpt", "last.ckpt"):
+                shutil.copyfile(result.best_checkpoints / name, folder / name)
+        kept = result.best_checkpoints is not None
+        atomic_write_json(folder / "trial.json", {**best, "checkpoints": kept})
     atomic_write_text(out / "tune_trials.csv", result.trials.to_csv(index=False))
     atomic_write_text(out / "best_params.yaml", yaml.safe_dump(best, sort_keys=False))
     if result.trials.empty:

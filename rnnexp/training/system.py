@@ -24,6 +24,15 @@ from torchmetrics import MeanMetric
 SPLITS = ("train", "val", "test")
 
 
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at optimizer ``step`` (0-based) of ``total``: linear
+    from 1/(warmup+1) to 1 over ``warmup`` steps, then a half cosine from 1 to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class PixelRNNSystem(pl.LightningModule):
     """Train a PixelRNN-style generator by maximum likelihood.
 
@@ -33,6 +42,9 @@ class PixelRNNSystem(pl.LightningModule):
         image_shape: (C, H, W) of the images.
         lr, weight_decay: AdamW settings.
         data_info: facts about the training data stored in checkpoints (hash, levels).
+        lr_schedule: ``constant``, or ``cosine``: a linear warm-up over
+            ``warmup_epochs`` to lr, then a cosine decay to 0 at the
+            trainer's ``max_epochs``, stepped every batch.
     """
 
     def __init__(
@@ -42,15 +54,19 @@ class PixelRNNSystem(pl.LightningModule):
         lr: float,
         weight_decay: float = 0.0,
         data_info: dict[str, Any] | None = None,
+        lr_schedule: str = "constant",
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.generator = generator
         self.image_shape = tuple(image_shape)
         self.levels = generator.config.levels
         self.lr, self.weight_decay = lr, weight_decay
+        self.lr_schedule, self.warmup_epochs = lr_schedule, warmup_epochs
         self.data_info = dict(data_info or {})
         self.run_id: str | None = None
         self.fingerprint: str | None = None  # see rnnexp.training.resume.fingerprint
+        self.source_run_id: str | None = None  # the tune trial's run this training continues
         self.history: list[dict[str, float]] = []
         # Keyed "<split>_nll" ("train" is an nn.Module method). NaN checks off: a
         # non-finite loss is NonFiniteLossGuard's to report, with a clear message.
@@ -66,6 +82,8 @@ class PixelRNNSystem(pl.LightningModule):
                 "image_shape": list(self.image_shape),
                 "lr": lr,
                 "weight_decay": weight_decay,
+                "lr_schedule": lr_schedule,
+                "warmup_epochs": warmup_epochs,
             }
         )
 
@@ -139,8 +157,18 @@ class PixelRNNSystem(pl.LightningModule):
             self.log("test/nll", test)
             self.log("test/bpd", self.bits_per_dim(test))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return optimizer
+        # Steps of the whole training (max_epochs x batches per epoch), so the decay
+        # ends at max_epochs however many epochs a resumed run has done already.
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = total * self.warmup_epochs // max(self.trainer.max_epochs, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, warmup, total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rnnexp"] = {
@@ -148,10 +176,12 @@ class PixelRNNSystem(pl.LightningModule):
             "run_id": self.run_id,
             "data": self.data_info,
             "fingerprint": self.fingerprint,
+            "source_run_id": self.source_run_id,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("rnnexp", {})
         self.history = list(info.get("history", []))
+        self.source_run_id = info.get("source_run_id")
         # A resumed training whose run is not in this store logs to a new run: keep it.
         self.run_id = self.run_id or info.get("run_id")

@@ -1,0 +1,1 @@
+"""Optuna search pieces of the tune stage: storage (where a study lives) and search."""
