@@ -274,8 +274,11 @@ class CachedSampler:
     may hold known levels there (image completion).
 
     Args:
-        model: the generator (eval mode is the caller's business; there is no
-            dropout or batch norm). Its weights must not change while sampling.
+        model: the generator. Its weights must not change while sampling. The
+            cached computation has eval-mode semantics whatever ``model.training``
+            says: it never applies the layers' dropout (there is no batch norm), so
+            it matches ``model(x)`` in eval mode; :func:`~rnnexp.models.sampling.sample_cached`
+            puts the model in eval mode while it draws.
         x: ``(B, C, H, W)`` integer levels: the initial image (zeros, or known levels).
             Written in place by :meth:`put`.
         labels, source: the conditioning inputs, as for ``model(x, labels, source)``.

@@ -26,8 +26,10 @@ right, so the right-to-left map is shifted *down* one row (a zero row on top, th
 last row dropped) before it is added to the left-to-right map. After the shift it
 only holds information from rows above, so it is added to every colour group.
 A 1x1 mask-B convolution maps the sum back to ``F`` features, added to the input
-(residual connection, section 3.4). Together the two directions see the whole
-past: every earlier pixel in raster order, with no blind spot.
+(residual connection, section 3.4); optional dropout acts on the sum on its way
+into that convolution, ``x + out(dropout(h))``, not on the recurrent states.
+Together the two directions see the whole past: every earlier pixel in raster
+order, with no blind spot.
 
 Conditioning (Conditional PixelCNN, 2016b, section 2.3): an optional bias
 ``cond``, broadcastable to ``(B, 8h, H, W)`` in the layout
@@ -151,6 +153,8 @@ class DiagonalBiLSTM(nn.Module):
         features: input/output channels ``F`` (divisible by ``channel_groups``).
         hidden: LSTM hidden size ``h`` per direction (divisible by ``channel_groups``).
         channel_groups: number of image colour channels ``C``.
+        dropout: probability of ``nn.Dropout`` on the combined hidden map before the
+            output convolution (train mode only; 0: none).
 
     The kernels are fixed by the paper (1x1 input-to-state, 2x1 state-to-state);
     the generator's ``kernel`` setting does not apply to this layer.
@@ -166,7 +170,9 @@ class DiagonalBiLSTM(nn.Module):
         torch.Size([1, 4, 3, 5])
     """
 
-    def __init__(self, features: int, hidden: int, channel_groups: int = 1) -> None:
+    def __init__(
+        self, features: int, hidden: int, channel_groups: int = 1, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.features = features
         self.hidden = hidden
@@ -174,6 +180,8 @@ class DiagonalBiLSTM(nn.Module):
         self.cond_width = 8 * hidden
         self.l2r = DiagonalLSTM(features, hidden, channel_groups)
         self.r2l = DiagonalLSTM(features, hidden, channel_groups)
+        # No parameters: state_dict keys are those of a model without dropout.
+        self.drop = nn.Dropout(dropout)
         self.out = MaskedConv2d(hidden, features, 1, "B", channel_groups)
 
     def split_cond(self, cond: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -197,8 +205,8 @@ class DiagonalBiLSTM(nn.Module):
         return h_l2r + shift_down(h_r2l)
 
     def output(self, x: Tensor, h: Tensor) -> Tensor:
-        """Residual output: ``x + out(h)``, ``(B, F, H, W)``."""
-        return x + self.out(h)
+        """Residual output: ``x + out(dropout(h))``, ``(B, F, H, W)``."""
+        return x + self.out(self.drop(h))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``(B, F, H, W) -> (B, F, H, W)``; ``cond`` broadcastable to ``(B, 8h, H, W)``."""

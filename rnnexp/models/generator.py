@@ -6,7 +6,8 @@ Shapes (``C`` image channels, ``L`` levels, ``h`` hidden, ``F = 2h`` features)::
     scaled     (B, C, H, W)     float in [-1, 1]
     input conv (B, F, H, W)     7x7 mask A (section 3.4)
     layers     (B, F, H, W)     Row LSTM (3.1), Diagonal BiLSTM (3.2) or PixelCNN (3.3)
-                                layers, each with a residual connection (3.4)
+                                layers, each with a residual connection (3.4) and
+                                ``nn.Dropout(config.dropout)`` on its output path
     head       (B, C*L, H, W)   ReLU -> 1x1 mask B -> ReLU -> 1x1 mask B
     logits     (B, L, C, H, W)  per-pixel, per-channel softmax over levels (section 2.2)
 
@@ -40,6 +41,17 @@ from rnnexp.models.row_lstm import RowLSTM
 ARCHS = ("row_lstm", "diagonal_bilstm", "pixelcnn")
 
 
+def _check_dropout(value: object) -> float:
+    """``value`` as a float in ``[0, 1)``, else a ``ValueError`` naming ``dropout``."""
+    # bool is an int subclass: refuse it explicitly (True would mean p = 1).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"generator dropout must be a number in [0, 1), got {value!r}")
+    p = float(value)
+    if not 0.0 <= p < 1.0:  # also False for NaN
+        raise ValueError(f"generator dropout must be in [0, 1), got {value!r}")
+    return p
+
+
 @dataclass
 class GeneratorConfig:
     """Hyperparameters that rebuild a :class:`PixelRNN` (stored in checkpoints).
@@ -58,9 +70,12 @@ class GeneratorConfig:
         num_classes: classes of a class-conditional model (0: not class-conditional).
         source_channels: channels of the source image of an image-to-image model
             (0: no source image).
+        dropout: probability ``p`` (``0 <= p < 1``) of the ``nn.Dropout`` on each
+            layer's output path, before the residual add (a regulariser; active in
+            train mode only). 0 leaves the model exactly as without dropout.
 
-    Config dicts written before ``num_classes``/``source_channels`` existed load
-    as unconditional models; unknown keys are rejected.
+    Config dicts written before ``num_classes``/``source_channels``/``dropout``
+    existed load as unconditional models without dropout; unknown keys are rejected.
 
     Example:
         >>> cfg = GeneratorConfig.from_dict({"hidden": 16, "levels": 17})
@@ -78,14 +93,18 @@ class GeneratorConfig:
     head_hidden: int = 64
     num_classes: int = 0
     source_channels: int = 0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or self.arch not in ARCHS:
             raise ValueError(f"generator arch must be one of {ARCHS}, got {self.arch!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "arch" and (not isinstance(value, int) or isinstance(value, bool)):
+            if f.name in ("arch", "dropout"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"generator {f.name} must be an integer, got {value!r}")
+        self.dropout = _check_dropout(self.dropout)
         minimum = {
             "channels": 1,
             "levels": 2,
@@ -115,10 +134,12 @@ class GeneratorConfig:
         return self.num_classes > 0 or self.source_channels > 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (stored in checkpoints); :meth:`from_dict` inverts it."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
+        """Config from a dict; missing keys take their defaults, unknown keys raise."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -130,13 +151,13 @@ class GeneratorConfig:
 
 def _make_layer(config: GeneratorConfig, features: int) -> nn.Module:
     """One layer ``(B, F, H, W) -> (B, F, H, W)`` with ``forward(x, cond)`` and ``cond_width``."""
-    c = config.channels
+    c, p = config.channels, config.dropout
     if config.arch == "row_lstm":
-        return RowLSTM(features, config.hidden, config.kernel, c)
+        return RowLSTM(features, config.hidden, config.kernel, c, dropout=p)
     if config.arch == "diagonal_bilstm":
-        return DiagonalBiLSTM(features, config.hidden, c)
+        return DiagonalBiLSTM(features, config.hidden, c, dropout=p)
     if config.arch == "pixelcnn":
-        return PixelCNNBlock(features, config.hidden, config.kernel, c)
+        return PixelCNNBlock(features, config.hidden, config.kernel, c, dropout=p)
     raise ValueError(f"generator arch must be one of {ARCHS}, got {config.arch!r}")
 
 
@@ -152,6 +173,10 @@ class PixelRNN(nn.Module):
     the layer classes for their per-row / per-diagonal methods), ``head``,
     :meth:`cond_biases` (one bias per layer, computed once per batch) and
     :meth:`logits_from_head` (head output -> logits).
+
+    Dropout (``config.dropout``) is active in train mode only, as for any
+    ``nn.Dropout``; the samplers put the model in eval mode while they draw, and
+    the cached sampler never applies dropout.
 
     Example:
         >>> model = PixelRNN(GeneratorConfig(levels=4, hidden=8, head_hidden=8))

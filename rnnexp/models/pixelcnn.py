@@ -4,12 +4,13 @@ The non-recurrent baseline of the PixelRNN paper (figure 5, right): a residual
 block of masked convolutions, all mask B with ``C`` colour groups::
 
     x (B, 2h, H, W) -> ReLU -> 1x1 -> (B, h, H, W) -> ReLU -> k x k -> (B, h, H, W)
-                    -> ReLU -> 1x1 -> (B, 2h, H, W) -> + x
+                    -> ReLU -> dropout -> 1x1 -> (B, 2h, H, W) -> + x
 
 Every convolution only sees the past in raster/channel order, so the stack is
 causal. Its receptive field grows by ``k // 2`` per layer and has the paper's blind
 spot (pixels above-right beyond the kernel's reach are never seen); that is a
-property of this baseline, not a leak.
+property of this baseline, not a leak. The optional dropout (train mode only) is
+element-wise on the residual branch, so it keeps the masks' causality.
 
 Conditioning (Conditional PixelCNN, 2016b, section 2.3): an optional bias
 ``cond``, broadcastable to ``(B, h, H, W)``, is added to the ``k x k`` masked
@@ -31,6 +32,8 @@ class PixelCNNBlock(nn.Module):
         hidden: inner width ``h`` (divisible by ``channel_groups``).
         kernel: size ``k`` (odd) of the middle ``k x k`` masked convolution.
         channel_groups: number of image colour channels ``C``.
+        dropout: probability of ``nn.Dropout`` on the residual branch, before the
+            final 1x1 convolution (train mode only; 0: none).
 
     A non-recurrent layer: a cached sampler may recompute it on the window that a
     new pixel can influence. ``cond_width`` (``h``) is the width of the
@@ -44,7 +47,14 @@ class PixelCNNBlock(nn.Module):
         torch.Size([1, 4, 3, 5])
     """
 
-    def __init__(self, features: int, hidden: int, kernel: int = 3, channel_groups: int = 1):
+    def __init__(
+        self,
+        features: int,
+        hidden: int,
+        kernel: int = 3,
+        channel_groups: int = 1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and positive, got {kernel}")
@@ -58,6 +68,8 @@ class PixelCNNBlock(nn.Module):
         self.act_mid = nn.ReLU()
         self.conv = MaskedConv2d(hidden, hidden, kernel, "B", channel_groups)
         self.act_out = nn.ReLU()
+        # No parameters: state_dict keys are those of a block without dropout.
+        self.drop = nn.Dropout(dropout)
         self.expand = MaskedConv2d(hidden, features, 1, "B", channel_groups)
 
     def pre_activation(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -66,8 +78,8 @@ class PixelCNNBlock(nn.Module):
         return inner if cond is None else inner + cond
 
     def output(self, x: Tensor, inner: Tensor) -> Tensor:
-        """Residual output ``x + expand(ReLU(inner))``, ``(B, F, H, W)``."""
-        return x + self.expand(self.act_out(inner))
+        """Residual output ``x + expand(dropout(ReLU(inner)))``, ``(B, F, H, W)``."""
+        return x + self.expand(self.drop(self.act_out(inner)))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``(B, F, H, W) -> (B, F, H, W)``; ``cond`` broadcastable to ``(B, h, H, W)``."""

@@ -15,7 +15,10 @@ optional bias ``cond``, broadcastable to ``(B, 4h, H, W)``, is added to the
 input-to-state gate pre-activations (``W_k^T h`` / ``V_k^T s`` of the paper).
 
 The hidden state is mapped back to the feature width by a 1x1 mask-B convolution
-and added to the input (residual connection, section 3.4).
+and added to the input (residual connection, section 3.4). Optional dropout acts on
+the hidden map on its way into that convolution, ``x + out(dropout(h))``, not on
+the state the recurrence carries to the next row; it is element-wise, so it keeps
+the masks' causality.
 
 RGB (section 3.4): the hidden size ``h`` is split into ``C`` contiguous groups, one
 per colour channel, and each gate ``i, f, o, g`` uses the same split, so hidden
@@ -62,6 +65,8 @@ class RowLSTM(nn.Module):
         hidden: LSTM hidden size ``h`` (divisible by ``channel_groups``).
         kernel: width ``k`` (odd) of the input-to-state and state-to-state kernels.
         channel_groups: number of image colour channels ``C``.
+        dropout: probability of ``nn.Dropout`` on the hidden map before the output
+            convolution (train mode only; 0: none).
 
     Methods a step-wise (cached) sampler can use, row by row:
     ``input_to_state(x, cond)`` for the gates of a map or a single row ``(B, F, 1, W)``,
@@ -69,7 +74,14 @@ class RowLSTM(nn.Module):
     ``cond_width`` (``4h``) is the width of the conditioning bias of :meth:`forward`.
     """
 
-    def __init__(self, features: int, hidden: int, kernel: int = 3, channel_groups: int = 1):
+    def __init__(
+        self,
+        features: int,
+        hidden: int,
+        kernel: int = 3,
+        channel_groups: int = 1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and positive, got {kernel}")
@@ -87,6 +99,8 @@ class RowLSTM(nn.Module):
             out_groups=gate_groups(hidden, channel_groups),
         )
         self.s2s = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2)
+        # No parameters: state_dict keys are those of a model without dropout.
+        self.drop = nn.Dropout(dropout)
         self.out = MaskedConv2d(hidden, features, 1, "B", channel_groups)
 
     def input_to_state(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -118,8 +132,8 @@ class RowLSTM(nn.Module):
         return lstm_update(gates_in + self.s2s(h_prev), c_prev)  # (B, 4h, W) gates
 
     def output(self, x: Tensor, h: Tensor) -> Tensor:
-        """Residual output: ``x + out(h)``, ``(B, F, H, W)`` (works on one-row maps too)."""
-        return x + self.out(h)
+        """Residual output: ``x + out(dropout(h))``, ``(B, F, H, W)`` (one-row maps too)."""
+        return x + self.out(self.drop(h))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``(B, F, H, W) -> (B, F, H, W)``; ``cond`` broadcastable to ``(B, 4h, H, W)``."""

@@ -65,6 +65,7 @@ def build_generator(params: Params, meta: dict) -> PixelRNN:
         kernel=m.kernel,
         input_kernel=m.input_kernel,
         head_hidden=m.head_hidden,
+        dropout=m.dropout,
         num_classes=(meta["num_classes"] or 0) if meta.get("task") == "class" else 0,
         source_channels=meta["source_shape"][0] if meta.get("source_shape") else 0,
     )
