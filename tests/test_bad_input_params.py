@@ -73,6 +73,30 @@ CASES: list[Case] = [
         (P, "train.max_epochs", "-1", "out of range"),
     ),
     Case(
+        "params-dropout-1",
+        "tune",
+        set_param("model.dropout", 1.0),
+        (P, "model.dropout", "out of range"),
+    ),
+    Case(
+        "params-unknown-lr-schedule",
+        "train",
+        set_param("train.lr_schedule", "linear"),
+        (P, "train.lr_schedule", "'constant', 'cosine'"),
+    ),
+    Case(
+        "params-warmup-fills-the-budget",
+        "train",
+        set_params(("train.lr_schedule", "cosine"), ("train.warmup_epochs", 1)),
+        (P, "train.warmup_epochs", "no epoch of the cosine schedule"),
+    ),
+    Case(
+        "params-negative-patience",
+        "tune",
+        set_param("train.patience", -2),
+        (P, "train.patience", "out of range"),
+    ),
+    Case(
         "params-levels-below-2",
         "prepare",
         set_param("data.levels", 1),
