@@ -107,9 +107,10 @@ def translate(
 
     Either ``targets`` (N, C, H, W) are given and their sources are built as the
     prepare stage builds them (occluded, noisy or downsampled, seeded by ``seed``),
-    or ``sources`` are given directly. An unconditional generator completes the
-    visible part of each target instead (its visible pixels are kept fixed); a
-    class-conditional one completes it as the class of ``labels`` (N,).
+    or ``sources`` are given directly. A completion model keeps the visible pixels
+    of each source fixed and samples the hidden ones. An unconditional generator
+    completes the visible part of each target instead (its visible pixels are kept
+    fixed too); a class-conditional one completes it as the class of ``labels`` (N,).
     """
     config = generator.config
     levels, channels = config.levels, config.channels
@@ -123,8 +124,20 @@ def translate(
     if config.source_channels:
         source = torch.from_numpy(source_to_float(sources, levels))
         height, width = _target_size(task.task, sources.shape[-2:])
+        fixed = {}
+        if task.task == "completion":  # the visible pixels are given: sample the hidden only
+            visible = torch.from_numpy(sources[:, -1:] > 0).expand(-1, channels, -1, -1)
+            fixed["known"] = torch.from_numpy(sources[:, :channels].astype(np.int64))
+            fixed["known_mask"] = visible.contiguous()
         out = generate(
-            generator, n, height, width, seed=seed, temperature=temperature, source=source
+            generator,
+            n,
+            height,
+            width,
+            seed=seed,
+            temperature=temperature,
+            source=source,
+            **fixed,
         )
     else:  # completion with an unconditional model: sample only the hidden pixels
         visible = torch.from_numpy(sources[:, -1:] > 0).expand(-1, channels, -1, -1)

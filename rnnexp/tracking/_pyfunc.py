@@ -14,7 +14,9 @@ request, each answered with ``n`` images:
 - ``temperature`` (float, default 1.0) and ``seed`` (int, default 0);
 - ``image`` (image-to-image models only, required there): a whole image (C, H, W)
   of level indices, as a nested list; its source is built as the prepare stage
-  builds it (occluded, noisy or downsampled), then completed or translated.
+  builds it (occluded, noisy or downsampled), then completed or translated. The
+  other models list it as optional only to refuse it with a clear error (MLflow
+  would otherwise drop an unknown column with a log line, and answer with samples).
 
 Response: a DataFrame with one row per image: ``image`` (nested list (C, H, W) of
 level indices 0..levels-1), ``levels``, ``class`` (-1 where none) and ``seed``.
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Array, ColSpec, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 from rnnexp.tracking._store import global_store
 
@@ -43,11 +45,29 @@ MODEL_ID_TAG = "rnnexp.model_id"
 DEFAULTS = {"n": 1, "class": -1, "temperature": 1.0, "seed": 0}
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _value(row: pd.Series, key: str) -> Any:
     value = row.get(key, None)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return DEFAULTS[key]
-    return value
+    return DEFAULTS[key] if _missing(value) else value
+
+
+def _image(value: Any, k: Any, shape: tuple[int, int, int], levels: int) -> np.ndarray:
+    """Row ``k``'s ``image`` as int64 level indices of ``shape``; RnnexpError naming the fault."""
+    from rnnexp.errors import RnnexpError
+
+    want = f"row {k}: `image` must be a nested list (C, H, W) = {shape} of levels 0..{levels - 1}"
+    try:
+        image = np.asarray(value, dtype=np.int64)
+    except (TypeError, ValueError):  # ragged lists, or items that are not numbers
+        raise RnnexpError(f"{want}, got a ragged or non-numeric list") from None
+    if image.shape != shape:
+        raise RnnexpError(f"{want}, got shape {image.shape}")
+    if image.min() < 0 or image.max() >= levels:
+        raise RnnexpError(f"{want}, got levels {image.min()}..{image.max()}")
+    return image
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
@@ -83,18 +103,19 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                     raise RnnexpError(f"row {k}: class must lie in 0..{config.num_classes - 1}")
                 every = class_labels(n, config.num_classes).numpy()
                 labels = every if label < 0 else np.full(n, label)
+            image = row.get("image", None)
+            image = None if _missing(image) else image  # NaN: no image in this row of several
             if config.source_channels:
-                image = row.get("image", None)
                 if image is None:
                     raise RnnexpError(f"row {k}: this model translates images: give `image`")
-                target = np.asarray(image, dtype=np.int64)
-                if target.shape != (c, h, w) or target.min() < 0 or target.max() >= config.levels:
-                    raise RnnexpError(
-                        f"row {k}: image must be (C, H, W) = {(c, h, w)} levels "
-                        f"0..{config.levels - 1}, got shape {target.shape}"
-                    )
+                target = _image(image, k, (c, h, w), config.levels)
                 targets = np.repeat(target[None].astype(np.uint8), n, axis=0)
                 _, out = translate(generator, targets, task, seed=seed, temperature=temperature)
+            elif image is not None:
+                raise RnnexpError(
+                    f"row {k}: this model (data.task {task.task}) draws images from noise and "
+                    "takes no `image`; completion, denoise and upscale models take one"
+                )
             else:
                 import torch
 
@@ -128,6 +149,9 @@ def signature_and_example(metadata: dict[str, Any]) -> tuple[ModelSignature, pd.
         inputs.append(ColSpec(image, "image"))
         c, h, w = metadata["image_shape"]
         example["image"] = np.zeros((c, h, w), dtype=int).tolist()
+    else:  # listed only so that predict sees, and refuses, an image (module docstring);
+        # any type: a null image (NaN in a DataFrame) passes MLflow's check, and is no image
+        inputs.append(ColSpec(AnyType(), "image", required=False))
     outputs = [
         ColSpec(image, "image"),
         ColSpec("long", "levels"),
