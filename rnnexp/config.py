@@ -68,8 +68,10 @@ class TrainParams(_Section):
     batch_size: int = Field(64, ge=1, le=65536, description="images per batch")
     lr: float = Field(3.0e-3, gt=0.0, le=10.0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: linear warm-up, then cosine decay to 0 at max_epochs"
+    lr_schedule: Literal["constant", "cosine", "plateau"] = Field(
+        "constant",
+        description="cosine: warm-up, then decay to 0 at max_epochs; plateau: halve when "
+        "val stalls",
     )
     warmup_epochs: int = Field(0, ge=0, le=100000, description="linear lr warm-up (cosine)")
     patience: int = Field(

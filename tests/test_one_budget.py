@@ -75,11 +75,13 @@ def tune_then_train(params, prepared_dir, root):
     return result, out
 
 
+@pytest.mark.parametrize("schedule", ["constant", "plateau"])
 def test_train_continues_the_best_trial_and_equals_an_uninterrupted_training(
-    store, prepared_dir, tiny_params, tmp_path
+    store, prepared_dir, tiny_params, tmp_path, schedule
 ):
     # one trial (params.yaml's configuration) of 2 epochs; the final budget is 3 epochs
     params = tiny_params(SPACE, "tune.n_trials=1", "tune.epochs=2", "train.max_epochs=3",
+                         f"train.lr_schedule={schedule}",
                          f"tune.storage=sqlite:///{tmp_path}/optuna.db")  # fmt: skip
     result, out = tune_then_train(params, prepared_dir, tmp_path)
     trial = json.loads((out / "tuned" / "trial.json").read_text())
@@ -148,3 +150,35 @@ def test_cosine_schedule_trains_with_the_scheduled_lr(store, prepared_dir, tiny_
     expected = [params.train.lr * cosine_with_warmup(s, warmup, total) for s in range(total)]
     assert seen == pytest.approx(expected)
     assert max(seen) == pytest.approx(params.train.lr * cosine_with_warmup(warmup, warmup, total))
+
+
+class RestoreFirstEpoch(pl.Callback):
+    """Every validation sees the first epoch's weights: validation stays equal (no
+    better), while the optimizer keeps its learning rate."""
+
+    def __init__(self):
+        self.first, self.lrs = None, []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_validation_start(self, trainer, module):
+        if self.first is None:
+            self.first = {k: v.clone() for k, v in module.state_dict().items()}
+        else:
+            module.load_state_dict(self.first)
+
+
+def test_plateau_schedule_halves_the_lr_after_stalled_epochs(
+    store, prepared_dir, tiny_params, tmp_path
+):
+    from rnnexp.training.system import PLATEAU_PATIENCE
+
+    params = tiny_params("train.lr_schedule=plateau", "train.max_epochs=6")
+    probe = RestoreFirstEpoch()
+    run_training(params, prepared_dir, tmp_path, callbacks=[probe])
+    lr = params.train.lr
+    # epochs 1.. are no better than epoch 0; after PLATEAU_PATIENCE + 1 of them, halved
+    halved_from = 1 + PLATEAU_PATIENCE + 1
+    assert probe.lrs[:halved_from] == pytest.approx([lr] * halved_from)
+    assert probe.lrs[halved_from] == pytest.approx(lr / 2)

@@ -49,15 +49,15 @@ def fingerprint(params: Params, data_hash: str) -> str:
     """A short hash of everything that determines the trained weights.
 
     ``train.max_epochs`` counts only under a schedule that depends on it (cosine):
-    with a constant learning rate the first N epochs of a longer training are the
-    same epochs, so a shorter training (a tune trial) can be continued to more.
+    with a constant or plateau learning rate the first N epochs of a longer training
+    are the same epochs, so a shorter training (a tune trial) can be continued to more.
     """
     relevant = {
         k: v
         for k, v in params.flat().items()
         if k.startswith(("model.", "train.")) and k not in NON_SEMANTIC
     }
-    if params.train.lr_schedule == "constant":
+    if params.train.lr_schedule != "cosine":
         relevant.pop("train.max_epochs")
     payload = json.dumps({"params": relevant, "data": data_hash}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 SPLITS = ("train", "val", "test")
+PLATEAU_PATIENCE = 2  # lr_schedule plateau: epochs without a better val NLL before halving
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
@@ -44,7 +45,8 @@ class PixelRNNSystem(pl.LightningModule):
         data_info: facts about the training data stored in checkpoints (hash, levels).
         lr_schedule: ``constant``, or ``cosine``: a linear warm-up over
             ``warmup_epochs`` to lr, then a cosine decay to 0 at the
-            trainer's ``max_epochs``, stepped every batch.
+            trainer's ``max_epochs``, stepped every batch; or ``plateau``: halved after
+            ``PLATEAU_PATIENCE`` epochs without a better validation NLL.
     """
 
     def __init__(
@@ -161,6 +163,16 @@ class PixelRNNSystem(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self.lr_schedule == "constant":
             return optimizer
+        if self.lr_schedule == "plateau":
+            # Halve the lr after 2 epochs without a better validation NLL: it does not
+            # depend on max_epochs, so a shorter training (a trial) can be continued.
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.5, patience=PLATEAU_PATIENCE
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "monitor": "val/nll", "interval": "epoch"},
+            }
         # Steps of the whole training (max_epochs x batches per epoch), so the decay
         # ends at max_epochs however many epochs a resumed run has done already.
         total = max(int(self.trainer.estimated_stepping_batches), 1)
