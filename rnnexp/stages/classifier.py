@@ -26,7 +26,7 @@ CLASSIFIER_SEED = 0  # the scoring classifier is fixed per dataset, not per expe
 class EpochReport:
     """The classifier's progress: a bar on a terminal (``train.progress_bar``), else
     one log line per epoch, ``classifier: epoch 3/20 val accuracy 0.9444 (elapsed
-    0:00:12, eta 0:01:08)``."""
+    0:00:12, eta 0:01:08)``; 20 is the most epochs, early stopping may end sooner."""
 
     def __init__(self, epochs: int, bar: bool) -> None:
         self.epochs, self.start = epochs, time.monotonic()
@@ -42,22 +42,42 @@ class EpochReport:
             self.bar.set_postfix_str(figures, refresh=False)
             self.bar.update(1)
             if epoch == self.epochs:
-                self.bar.close()
+                self.close()
             return
         elapsed = time.monotonic() - self.start
         log.info(progress_line("classifier:", epoch, self.epochs, figures, elapsed, epoch))
 
+    def close(self) -> None:
+        """Close the bar (if any), also when training stopped before the last epoch."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
 
 def run(prepared_dir: str, params: Params) -> tuple[Any, dict[str, Any]]:
-    """The trained classifier and its info (accuracies, best epoch, data hash).
+    """The trained classifier and its info (accuracies, epochs run, best epoch, data hash).
 
+    At most ``evaluate.classifier_epochs`` epochs, stopped after
+    ``evaluate.classifier_patience`` epochs without a better val accuracy (0: never).
     Torch uses ``evaluate.classifier_threads`` CPU threads meanwhile (0: its default).
     """
-    epochs = params.evaluate.classifier_epochs
+    settings = params.evaluate
+    epochs, patience = settings.classifier_epochs, settings.classifier_patience
     report = EpochReport(epochs, show_progress_bar(params.train.progress_bar))
-    with torch_threads(params.evaluate.classifier_threads) as threads:
-        log.debug(f"classifier: {epochs} epochs, {threads} torch threads")
-        return train_classifier(prepared_dir, epochs=epochs, seed=CLASSIFIER_SEED, on_epoch=report)
+    try:
+        with torch_threads(settings.classifier_threads) as threads:
+            log.debug(f"classifier: <= {epochs} epochs, patience {patience}, {threads} threads")
+            model, info = train_classifier(
+                prepared_dir, epochs, seed=CLASSIFIER_SEED, on_epoch=report, patience=patience
+            )
+    finally:
+        report.close()
+    if info["stopped_early"]:
+        log.info(
+            f"classifier: stopped at epoch {info['epochs']}/{epochs}: no better val accuracy "
+            f"in {patience} epoch{'s' if patience > 1 else ''}; kept epoch {info['best_epoch']}"
+        )
+    return model, info
 
 
 def main(args: Any, params: Params) -> None:
@@ -77,7 +97,7 @@ def main(args: Any, params: Params) -> None:
         tracked.log_metrics(
             {
                 f"classifier/{k}": info[k]
-                for k in ("test_accuracy", "val_accuracy", "best_epoch")
+                for k in ("test_accuracy", "val_accuracy", "best_epoch", "epochs")
                 if info[k] is not None
             }
         )
