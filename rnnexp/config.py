@@ -64,18 +64,18 @@ class ModelParams(_Section):
 
 class TrainParams(_Section):
     seed: Seed = Field(0, description="seed_everything seed")
-    max_epochs: int = Field(30, ge=1, le=100000, description="training epochs")
+    max_epochs: int = Field(20, ge=1, le=100000, description="training epochs")
     batch_size: int = Field(64, ge=1, le=65536, description="images per batch")
     lr: float = Field(3.0e-3, gt=0.0, le=10.0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
     lr_schedule: Literal["constant", "cosine", "plateau"] = Field(
-        "constant",
+        "cosine",
         description="cosine: warm-up, then decay to 0 at max_epochs; plateau: halve when "
         "val stalls",
     )
     warmup_epochs: int = Field(0, ge=0, le=100000, description="linear lr warm-up (cosine)")
     patience: int = Field(
-        0, ge=0, le=100000, description="stop after N epochs without a better val metric (0: off)"
+        4, ge=0, le=100000, description="stop after N epochs without a better val metric (0: off)"
     )
     grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0 = off)")
     precision: Precision = Field("32-true", description="Lightning precision")
@@ -92,9 +92,11 @@ class TrainParams(_Section):
 
 
 DEFAULT_SPACE = {
-    "train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-    "model.hidden": {"type": "int", "low": 16, "high": 48, "step": 16},
-    "model.layers": {"type": "int", "low": 1, "high": 3},
+    "train.lr": {"type": "float", "low": 3.0e-3, "high": 1.0e-2, "log": True},
+    "model.hidden": {"type": "int", "low": 32, "high": 48, "step": 16},
+    "model.layers": {"type": "int", "low": 2, "high": 3},
+    "model.dropout": {"type": "float", "low": 0.0, "high": 0.4},
+    "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
 }
 SPACE_KEYS = {
     "float": {"type", "low", "high", "log"},
@@ -108,7 +110,7 @@ TUNABLE_SECTIONS = ("model", "train")
 class TuneParams(_Section):
     """Hyperparameter search of the tune stage (Optuna)."""
 
-    n_trials: int = Field(8, ge=0, le=100000, description="trials to finish (0: skip the search)")
+    n_trials: int = Field(3, ge=0, le=100000, description="trials to finish (0: skip the search)")
     timeout: float | None = Field(None, gt=0.0, description="study time budget (s)")
     epochs: int | None = Field(
         None, ge=1, le=100000, description="max epochs of a trial; null: train.max_epochs"
@@ -118,7 +120,7 @@ class TuneParams(_Section):
     sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler (seeded)")
     seed: Seed = Field(0, description="sampler seed")
     pruner: Literal["median", "hyperband", "none"] = Field("median", description="Optuna pruner")
-    startup_trials: int = Field(3, ge=0, le=100000, description="trials before pruning starts")
+    startup_trials: int = Field(2, ge=0, le=100000, description="trials before pruning starts")
     metric: Literal["val/bpd", "val/nll"] = Field("val/bpd", description="metric to minimise")
     heartbeat: int = Field(30, ge=1, le=86400, description="heartbeat of RDB storages (s)")
     workers: int = Field(1, ge=1, le=256, description="worker processes of the tune stage")

@@ -129,7 +129,9 @@ def test_stages_write_their_outputs(pipeline, workdir):
         "best.ckpt",
         "classifier.pt",
         "last.ckpt",
+        "tuned",  # the tune stage's best trial (none here: tune.n_trials is 0)
     ]
+    assert sorted(p.name for p in (workdir / "models" / "tuned").iterdir()) == ["trial.json"]
     assert sorted(p.name for p in (workdir / "reports").iterdir()) == [
         "best_params.yaml",
         "completions.png",

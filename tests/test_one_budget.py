@@ -42,7 +42,7 @@ def same_weights(a, b):
 def test_early_stopping_keeps_best_and_last_is_the_last_epoch(
     store, prepared_dir, tiny_params, tmp_path
 ):
-    params = tiny_params("train.max_epochs=8", "train.patience=2")
+    params = tiny_params("train.max_epochs=8", "train.patience=2", "train.lr_schedule=constant")
     result = run_training(params, prepared_dir, tmp_path, callbacks=[FreezeAfterFirstEpoch()])
     # epoch 0 is the best; epochs 1 and 2 are no better: patience 2 stops after epoch 2
     assert result.stopped_early and result.epochs == 3 and result.epochs_trained == 3
@@ -55,7 +55,7 @@ def test_early_stopping_keeps_best_and_last_is_the_last_epoch(
 
 
 def test_without_patience_every_epoch_is_trained(store, prepared_dir, tiny_params, tmp_path):
-    params = tiny_params("train.max_epochs=4", "train.patience=0")
+    params = tiny_params("train.max_epochs=4", "train.patience=0", "train.lr_schedule=constant")
     result = run_training(params, prepared_dir, tmp_path, callbacks=[FreezeAfterFirstEpoch()])
     assert not result.stopped_early and result.epochs == 4
     assert epoch_of(tmp_path / "best.ckpt") == 0 and epoch_of(tmp_path / "last.ckpt") == 3

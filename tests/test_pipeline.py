@@ -43,7 +43,13 @@ def test_repro_writes_outputs_metrics_and_plots(project):
     for stage in ("fetch", "prepare", "tune", "classifier", "train", "evaluate"):
         assert f"Running stage '{stage}'" in log
     tuned = yaml.safe_load((repo / "reports/best_params.yaml").read_text())
-    assert set(tuned["params"]) == {"train.lr", "model.hidden", "model.layers"}
+    assert set(tuned["params"]) == {
+        "train.lr",
+        "model.hidden",
+        "model.layers",
+        "model.dropout",
+        "train.weight_decay",
+    }
     trials = (repo / "reports/tune_trials.csv").read_text().splitlines()
     assert len(trials) == 1 + 2
     assert (repo / "data/raw/dataset.npz").is_file()

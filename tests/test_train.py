@@ -38,6 +38,7 @@ def test_returns_best_metrics_and_both_checkpoints(trained):
     assert result.metrics == {
         "best/val_nll": best_row["val_nll"],
         "best/val_bpd": best_row["val_bpd"],
+        "epochs": 3,
         "best/epoch": best_row["epoch"],
     }
     # ModelCheckpoint's best is the epoch run_training reports, history up to it.
