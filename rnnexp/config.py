@@ -110,7 +110,7 @@ TUNABLE_SECTIONS = ("model", "train")
 class TuneParams(_Section):
     """Hyperparameter search of the tune stage (Optuna)."""
 
-    n_trials: int = Field(3, ge=0, le=100000, description="trials to finish (0: skip the search)")
+    n_trials: int = Field(2, ge=0, le=100000, description="trials to finish (0: skip the search)")
     timeout: float | None = Field(None, gt=0.0, description="study time budget (s)")
     epochs: int | None = Field(
         None, ge=1, le=100000, description="max epochs of a trial; null: train.max_epochs"

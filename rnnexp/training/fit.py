@@ -172,7 +172,7 @@ def run_training(
             log.info(
                 f"{stage}: continuing the best tune trial ({plan.source}, run "
                 f"{plan.tags.get('rnnexp.source_run')}, {len(inherited)} epochs"
-                f"{', stopped early' if plan.checkpoint.finished else ''}): {left} epochs left"
+                f"{', finished' if plan.checkpoint.finished else ''}): {left} epochs left"
             )
         elif plan.checkpoint is not None:
             how = "continuing its run" if run.resumed else "its run is not in this store: new"
