@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from rnnexp import tracking
@@ -29,7 +28,7 @@ from rnnexp.training.callbacks import (
     RngState,
     SampleGrid,
 )
-from rnnexp.training.resume import adopt_checkpoints, fingerprint, plan_resume, stopped_early
+from rnnexp.training.resume import adopt_checkpoints, fingerprint, plan_resume
 from rnnexp.training.system import PixelRNNSystem
 from rnnexp.util.threads import torch_threads
 
@@ -183,7 +182,7 @@ def run_training(
         if on_run_start is not None:
             on_run_start(run)
         if plan.reuse:
-            system.history, trained, early = inherited, 0, _stopped_early(out_dir)
+            system.history, trained, early = inherited, 0, plan.checkpoint.stopped_early
         else:
             done = plan.checkpoint.epochs_done if plan.checkpoint else 0
             trainer = _trainer(params, run, system, out_dir, save_checkpoints, stage,
@@ -230,11 +229,6 @@ def run_training(
 
 # tune.metric -> its column in PixelRNNSystem.history
 _HISTORY_KEY = {"val/bpd": "val_bpd", "val/nll": "val_nll"}
-
-
-def _stopped_early(out_dir: Path) -> bool:
-    raw = torch.load(out_dir / f"{LAST}.ckpt", map_location="cpu", weights_only=True)
-    return stopped_early(raw)
 
 
 def _log_curve(run: tracking.RunHandle, history: list[dict]) -> None:

@@ -82,6 +82,7 @@ class ResumePoint:
     run_id: str | None
     epochs_done: int
     finished: bool = False
+    stopped_early: bool = False
 
 
 def _note(message: str) -> None:
@@ -106,8 +107,10 @@ def read_point(last: str | Path, fingerprint_: str, max_epochs: int) -> ResumePo
     if info.get("fingerprint") != fingerprint_:
         _note(f"{last}: written for other params or data; training from scratch")
         return None
-    finished = epochs_done >= max_epochs or stopped_early(raw)
-    return ResumePoint(last, info.get("run_id"), epochs_done, finished)
+    early = stopped_early(raw)
+    return ResumePoint(
+        last, info.get("run_id"), epochs_done, early or epochs_done >= max_epochs, early
+    )
 
 
 def find_resume_point(
@@ -190,7 +193,13 @@ def plan_resume(
         elif source is not None:
             if source.run_id:
                 tags["rnnexp.source_run"] = source.run_id
-            point = ResumePoint(out_dir / "last.ckpt", None, source.epochs_done, source.finished)
+            point = ResumePoint(
+                out_dir / "last.ckpt",
+                None,
+                source.epochs_done,
+                source.finished,
+                source.stopped_early,
+            )
             return ResumePlan(point, None, tags, Path(start_from))
     run_id = tracking.killed_run_to_continue(params, {**tags, "rnnexp.stage": stage})
     return ResumePlan(None, run_id, tags)
