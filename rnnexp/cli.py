@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib
 import os
 import sys
@@ -23,7 +24,7 @@ from rnnexp.config import load_params
 from rnnexp.errors import RnnexpError
 
 STAGES = ("fetch", "prepare", "tune", "classifier", "train", "evaluate")
-COMMANDS = ("sample", "complete", "compare", "doctor", "server", "dashboard")
+COMMANDS = ("sample", "complete", "compare", "doctor", "server", "dashboard", "replay")
 
 
 def _module(command: str) -> str:
@@ -94,9 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports")
     p = stage("sample", "write a PNG grid of samples from a checkpoint")
     p.add_argument("--checkpoint", default="models/best.ckpt")
-    p.add_argument("--n", type=int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--n", type=int, default=64, help="number of images (1..10000)")
+    p.add_argument("--seed", type=int, default=0, help="0..2^32-1")
+    p.add_argument("--temperature", type=float, default=1.0, help="above 0, at most 100")
     p.add_argument("--class", dest="class_", type=int, help="class of every image (default: all)")
     p.add_argument("--out", default="samples.png")
     p = stage(
@@ -110,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the inputs are sources (noisy / low-resolution images), not targets",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="0..2^32-1")
+    p.add_argument("--temperature", type=float, default=1.0, help="above 0, at most 100")
     p.add_argument("--out", default="completions.png")
     p = stage("compare", "compare train runs side by side: key params and metrics")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="default: the experiment's runs")
@@ -147,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
+    help_text = "send mlflow-undelivered/*.json to the MLflow store once it is back"
+    p = sub.add_parser("replay", help=help_text, description=help_text + ", exactly once")
+    p.add_argument("files", nargs="*", metavar="FILE", help="default: every undelivered file")
+    p.add_argument("--tracking-uri", help="send to this store, not the one each file names")
+    verbose(p)
     return parser
 
 
@@ -155,9 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console.setup(args.verbose)
     try:
-        # Every stage validates params.yaml first; `server` reads none.
+        # Every stage validates params.yaml first; `server` reads none. A stage commits
+        # its outputs only while the file holds the bytes it read (DVC records them).
+        watch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if args.command in STAGES:
+            from rnnexp.util.watch import unchanged_while
+
+            watch = unchanged_while(args.params, f"the {args.command} stage")
         params = load_params(args.params, args.overrides) if hasattr(args, "params") else None
-        status = importlib.import_module(_module(args.command)).main(args, params)
+        with watch:
+            status = importlib.import_module(_module(args.command)).main(args, params)
     except RnnexpError as exc:
         print(f"rnnexp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -4,9 +4,11 @@
 :class:`ConfigError` naming the file and each bad key (pydantic's own text is translated)."""
 
 import copy
+import math
 import re
 import types
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from rnnexp.errors import ConfigError
-from rnnexp.yaml_file import UniqueKeyLoader, read_yaml  # read_yaml: part of this API
+from rnnexp.yaml_file import parse_yaml, read_yaml, short_repr  # read_yaml: part of this API
 
 DataSource = Literal["digits", "idx", "image-folder"]
 Arch = Literal["row_lstm", "diagonal_bilstm", "pixelcnn"]
@@ -28,6 +30,10 @@ DATA_SOURCES, ARCHS, TASKS, OCCLUSIONS, PRECISIONS, ACCELERATORS, STRATEGIES = m
     typing.get_args, (DataSource, Arch, Task, Occlusion, Precision, Accelerator, Strategy)
 )
 MAX_SEED = 2**32 - 1  # numpy's RandomState refuses larger seeds
+# Images of one sample grid (evaluate.n_samples, sample --n): 10,000 is a 100 x 100 grid,
+# more than anyone inspects; sampling time grows with it (8x8 digits: 0.5 s per 1,000).
+MAX_GRID_IMAGES = 10_000
+URL_SCHEMES = ("http", "https")  # what data.url downloads from (urllib, checked by sha256)
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
@@ -130,7 +136,7 @@ class TuneParams(_Section):
 
 class EvaluateParams(_Section):
     seed: Seed = Field(0, description="seed of the sample grid")
-    n_samples: int = Field(64, ge=1, le=100000, description="images in the sample grid")
+    n_samples: int = Field(64, ge=1, le=MAX_GRID_IMAGES, description="images in the sample grid")
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="sampling temperature")
     batch_size: int = Field(256, ge=1, le=65536, description="images per batch when scoring")
     score_samples: int = Field(1000, ge=0, le=1000000, description="samples the classifier scores")
@@ -190,10 +196,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _describe(value: Any) -> str:
+    """``value`` and its type for a message; shortened, so an alias bomb prints a line."""
     if not isinstance(value, str):
-        return f"{value!r} ({type(value).__name__})"
+        return f"{short_repr(value)} ({type(value).__name__})"
     hint = f" (YAML reads {value} as a string; write it with a decimal point, e.g. 1.0e-3)"
-    return f"the string {value!r}{hint if _FLOAT_RE.match(value) else ''}"
+    return f"the string {short_repr(value)}{hint if _FLOAT_RE.match(value) else ''}"
 
 
 def _problem(kind: str, field: FieldInfo, value: Any) -> str:
@@ -201,9 +208,9 @@ def _problem(kind: str, field: FieldInfo, value: Any) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bounds = [f"{op} {getattr(m, n)}" for m in field.metadata for n, op in _BOUNDS.items()
                   if hasattr(m, n)]  # fmt: skip
-        return f"{value!r} is out of range (must be {' and '.join(bounds)})"
+        return f"{short_repr(value)} is out of range (must be {' and '.join(bounds)})"
     if kind == "literal_error" and isinstance(value, str):
-        return f"{value!r} is out of range (must be {_type_name(field.annotation)})"
+        return f"{short_repr(value)} is out of range (must be {_type_name(field.annotation)})"
     if kind == "finite_number":
         return f"expected a finite number, got {value!r}"
     return f"expected {_type_name(field.annotation)}, got {_describe(value)}"
@@ -265,6 +272,8 @@ def _consistency_errors(p: Params) -> list[str]:
         errors.append(f"data.path must be set for data.source={p.data.source!r}")
     if p.data.source == "image-folder" and p.data.url:
         errors.append("data.url is only for data.source='idx'")
+    if p.data.url is not None and (problem := _url_problem(p.data.url)):
+        errors.append(problem)
     if p.train.lr_schedule == "cosine" and p.train.warmup_epochs >= p.train.max_epochs:
         errors.append(
             f"train.warmup_epochs: {p.train.warmup_epochs} leaves no epoch of the cosine "
@@ -276,6 +285,17 @@ def _consistency_errors(p: Params) -> list[str]:
     return errors
 
 
+def _url_problem(url: str) -> str | None:
+    """Why ``data.url`` cannot be downloaded from (None: it can); urllib would raise later."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme_ok = parts.scheme.lower() in URL_SCHEMES
+    if scheme_ok and parts.hostname:
+        return None
+    why = "no host" if scheme_ok else f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+    return (f"data.url: {short_repr(url)} is not a download URL ({why}): give http(s)://"
+            "<host>/..., e.g. https://example.com/mnist/, or a folder as data.path")  # fmt: skip
+
+
 def _spec_error(name: str, spec: dict) -> str | None:
     """What is wrong with the param and the shape of the ``tune.space`` entry ``name``."""
     where, (section, _, key) = f"tune.space.{name}", name.partition(".")
@@ -283,10 +303,10 @@ def _spec_error(name: str, spec: dict) -> str | None:
         return f"{where}: not a tunable param (model.* or train.* keys)"
     kind = spec.get("type")
     if kind not in SPACE_TYPES:
-        return f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {kind!r}"
+        return f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {short_repr(kind)}"
     unknown = set(spec) - SPACE_KEYS[kind]
     if unknown:
-        return f"{where}: unknown keys {sorted(unknown, key=str)} for type {kind}"
+        return f"{where}: unknown keys {short_repr(sorted(unknown, key=str))} for type {kind}"
     if kind == "categorical":
         ok = isinstance(spec.get("choices"), list) and spec["choices"]
         return None if ok else f"{where}.choices: expected a non-empty list"
@@ -294,15 +314,23 @@ def _spec_error(name: str, spec: dict) -> str | None:
     number = int if kind == "int" else (int, float)
     if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
         return f"{where}: low and high must both be {'integers' if kind == 'int' else 'numbers'}"
+    if not all(math.isfinite(v) for v in (low, high)):  # YAML's .nan and .inf are floats
+        return f"{where}: low and high must be finite numbers, got {low} and {high}"
     if not low < high:
         return f"{where}: low ({low}) must be below high ({high})"
-    if spec.get("log") and low <= 0:
+    log = spec.get("log", False)
+    if not isinstance(log, bool):  # "no" would be truthy: a log scale nobody asked for
+        return f"{where}.log: expected true or false, got {_describe(log)}"
+    if log and low <= 0:
         return f"{where}: log scale needs low > 0, got {low}"
     step = spec.get("step", 1)
     if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-        return f"{where}: step must be a positive integer, got {step!r}"
-    if "step" in spec and spec.get("log"):
-        return f"{where}: step and log: true cannot be combined (Optuna refuses it)"
+        return f"{where}: step must be a positive integer, got {short_repr(step)}"
+    if log and step != 1:
+        return (
+            f"{where}: step and log: true cannot be combined unless step is 1 (Optuna samples "
+            f"a log scale in steps of 1), got step {step}"
+        )
     return None
 
 
@@ -319,7 +347,7 @@ def _space_errors(p: Params) -> list[str]:
                 with_overrides(p, {name: value})
             except ConfigError as exc:
                 reason = str(exc).split("\n  - ", 1)[-1]
-                errors.append(f"tune.space.{name}: value {value!r} is invalid: {reason}")
+                errors.append(f"tune.space.{name}: value {short_repr(value)} is invalid: {reason}")
     return errors
 
 
@@ -338,10 +366,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.001")
     dotted, value_text = text.split("=", 1)
     section, key = dotted.split(".", 1)
-    try:
-        value = yaml.load(value_text, Loader=UniqueKeyLoader) if value_text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    value = parse_yaml(value_text, f"--set {short_repr(text)}") if value_text.strip() else None
     if isinstance(value, str) and _FLOAT_RE.match(value):
         value = float(value)  # YAML 1.1 leaves 1e-3 a string; on the command line it's a number
     return section, key, value

@@ -17,3 +17,8 @@ class ConfigError(RnnexpError):
 
 class DataError(RnnexpError):
     """A data file or folder is missing, unreadable or inconsistent."""
+
+
+class InputChangedError(RnnexpError):
+    """An input (the params file) changed while the stage ran: its outputs would not be
+    the ones DVC records for the new version, so they are not written."""

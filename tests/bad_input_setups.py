@@ -69,6 +69,64 @@ def replace_in_params(old: str, new: str) -> Callable[[Path], list[str]]:
     return setup
 
 
+def params_bytes(edit: Callable[[bytes], bytes]) -> Callable[[Path], list[str]]:
+    """Setup: params.yaml's bytes replaced by ``edit(bytes)`` (for bytes that are not UTF-8)."""
+
+    def setup(ws: Path) -> list[str]:
+        path = ws / "params.yaml"
+        blob = edit(path.read_bytes())
+        assert blob != path.read_bytes(), "the edit changed nothing"
+        path.write_bytes(blob)
+        return []
+
+    return setup
+
+
+def tuned_params(blob: bytes) -> Callable[[Path], list[str]]:
+    """Setup: train.use_tuned on, reports/best_params.yaml (the tune stage's output) ``blob``."""
+
+    def setup(ws: Path) -> list[str]:
+        set_param("train.use_tuned", True)(ws)
+        (ws / "reports" / "best_params.yaml").write_bytes(blob)
+        return []
+
+    return setup
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML flow list whose anchors nest ``levels`` deep: 9**levels 'lol' once expanded
+    ("billion laughs"), in a few hundred characters."""
+    parts = [f"&l0 [{', '.join(['lol'] * 9)}]"]
+    parts += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"[{', '.join(parts)}]"
+
+
+# --------------------------------------------------------------------------- machines
+
+
+def absent_accelerator() -> str:
+    """A ``train.accelerator`` this machine lacks: ``gpu`` where it has neither CUDA nor
+    MPS (the usual mistake), else ``cuda`` or ``mps``, whichever is missing."""
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return "gpu" if not (cuda or mps) else "mps" if not mps else "cuda"
+
+
+# Unset: what tells a process it is one of several machines (launchers and Lightning's
+# own variables), so that train.num_nodes > 1 finds no other member.
+LAUNCHER_ENV: tuple[tuple[str, str | None], ...] = tuple(
+    (name, None)
+    for name in (
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "NODE_RANK",
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_NTASKS",
+        "LSB_JOBID",
+    )
+)
+
+
 # --------------------------------------------------------------------------- files
 
 

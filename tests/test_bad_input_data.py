@@ -120,6 +120,21 @@ def _no_labels(arrays: dict, info: dict) -> None:
     info.update(has_labels=False, class_names=None)
 
 
+def _zero_by_zero(arrays: dict, info: dict) -> None:
+    arrays["images"] = arrays["images"][:, :0, :0]  # (N, 0, 0, 1)
+    info["shape"] = [0, 0, 1]
+
+
+def _no_images(arrays: dict, info: dict) -> None:
+    arrays["images"], arrays["labels"] = arrays["images"][:0], arrays["labels"][:0]
+    info["count"] = 0
+
+
+def idx_images(shape: tuple[int, ...]) -> Callable[[bytes], bytes]:
+    """An images-file mangler: a whole IDX images file of ``shape`` instead."""
+    return lambda b: idx_bytes(np.zeros(shape), IMAGES_MAGIC)
+
+
 # --------------------------------------------------------------------------- the cases
 
 CASES: list[Case] = [
@@ -185,6 +200,27 @@ CASES: list[Case] = [
         "fetch",
         then(idx_source(), remove("idx/train-labels-idx1-ubyte")),
         ("idx", "train-labels-idx1-ubyte"),
+        run="failed",
+    ),
+    Case(
+        "idx-images-0x0",
+        "fetch",
+        idx_source(images_mangle=idx_images((30, 0, 0))),
+        ("idx/train-images-idx3-ubyte", "no pixels", "30 images of 0x0"),
+        run="failed",
+    ),
+    Case(
+        "idx-images-1x0",
+        "fetch",
+        idx_source(images_mangle=idx_images((30, 1, 0))),
+        ("idx/train-images-idx3-ubyte", "no pixels", "1x0"),
+        run="failed",
+    ),
+    Case(
+        "idx-no-images",
+        "fetch",
+        idx_source(images_mangle=idx_images((0, 6, 6)), n_labels=0),
+        ("idx/train-images-idx3-ubyte", "no pixels", "0 images"),
         run="failed",
     ),
     Case(
@@ -285,6 +321,13 @@ CASES: list[Case] = [
         then(raw_with(_no_labels), set_param("data.task", "class")),
         ("digits[:200]", "data.task 'class'", "labels"),
     ),
+    Case(
+        "raw-images-0x0",
+        "prepare",
+        raw_with(_zero_by_zero),
+        ("data/raw/dataset.npz", "0x0", "at least 1x1"),
+    ),
+    Case("raw-no-images", "prepare", raw_with(_no_images), ("digits[:200]", "0 images")),
     Case(
         "prepare-out-below-a-file",
         "prepare",

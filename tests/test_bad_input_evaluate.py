@@ -2,7 +2,9 @@
 
 Checkpoints that are missing, damaged, foreign, of another model or data, or that
 would run code when loaded; an empty test split; a bad scoring classifier; bad
-inputs to ``complete``. The promise checked is ``bad_input_harness``'s.
+inputs to ``complete``; generation arguments that would crash the sampler (nan
+temperatures, seeds beyond 2^32-1) or run for hours (``--n`` beyond the grid cap,
+folders of more images). The promise checked is ``bad_input_harness``'s.
 """
 
 from __future__ import annotations
@@ -77,6 +79,21 @@ def checkpoint_with_weights_of(arch: str) -> Callable[[Path], list[str]]:
 
     return setup
 
+
+def many_pngs(folder: str, count: int) -> Callable[[Path], list[str]]:
+    """Setup: ``folder`` holding ``count`` copies of a small PNG."""
+
+    def setup(ws: Path) -> list[str]:
+        blob = png_bytes()
+        (ws / folder).mkdir()
+        for k in range(count):
+            (ws / folder / f"{k:05d}.png").write_bytes(blob)
+        return []
+
+    return setup
+
+
+INPUT = then(overwrite("in.png", png_bytes()), args("--input", "in.png"))  # complete's input
 
 # --------------------------------------------------------------------------- the cases
 
@@ -221,6 +238,50 @@ CASES: list[Case] = [
         "complete",
         then(empty_folder("inputs"), args("--input", "inputs")),
         ("inputs", "no .png"),
+    ),
+    # --- generation arguments: values that would crash the sampler or run for hours
+    *(
+        Case(
+            f"{command}-temperature-{name}",
+            command,
+            then(input_png, args("--temperature", value)),
+            ("--temperature", value, "above 0 and at most 100"),
+        )
+        for command, input_png in (("sample", args()), ("complete", INPUT))
+        for name, value in (("nan", "nan"), ("inf", "inf"), ("zero", "0.0"), ("negative", "-1"))
+    ),
+    Case("sample-temperature-huge", "sample", args("--temperature", "1e6"), ("--temperature",)),
+    Case(
+        "sample-n-above-cap",
+        "sample",
+        args("--n", "100000"),
+        ("--n", "at most 10000", "100000"),
+    ),
+    Case("sample-n-zero", "sample", args("--n", "0"), ("--n", "at least 1", "got 0")),
+    Case(
+        "sample-seed-above-uint64",
+        "sample",
+        args("--seed", str(2**64)),
+        ("--seed", "0..4294967295", str(2**64)),
+    ),
+    Case("sample-seed-negative", "sample", args("--seed", "-1"), ("--seed", "got -1")),
+    Case(
+        "complete-seed-negative",
+        "complete",
+        then(INPUT, args("--seed", "-5")),
+        ("--seed", "got -5"),
+    ),
+    Case(
+        "complete-seed-above-uint32",
+        "complete",
+        then(INPUT, args("--seed", str(2**32))),
+        ("--seed", str(2**32)),
+    ),
+    Case(
+        "complete-input-too-many-images",
+        "complete",
+        then(many_pngs("inputs", 10_001), args("--input", "inputs")),
+        ("--input", "inputs", "10001 images", "10000"),
     ),
 ]
 

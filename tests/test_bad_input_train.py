@@ -1,8 +1,9 @@
 """Bad input to the training stages, end to end: tune, train and classifier.
 
 Prepared data that is missing, modified or smaller than a batch; a tuned-params file
-that is missing or bad; tune settings the tune stage cannot open. The promise checked
-is ``bad_input_harness``'s.
+that is missing or bad; tune settings the tune stage cannot open; output places that
+cannot be written (refused before the training, naming the user's path, not after an
+epoch naming a temporary file). The promise checked is ``bad_input_harness``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from bad_input_harness import Case, run_case
-from bad_input_setups import args, overwrite, remove, set_param
+from bad_input_setups import args, overwrite, remove, set_param, then
+from bad_input_store_setups import a_file_at, a_folder_at
 
 
 def tuned(text: str | None) -> Callable[[Path], list[str]]:
@@ -95,6 +97,39 @@ CASES: list[Case] = [
         "train",
         tuned("params:\n  model.layers: 0\n"),
         ("reports/best_params.yaml", "model.layers", "out of range"),
+    ),
+    # --- output places that cannot be written: refused before any training
+    Case(
+        "train-out-parent-is-a-file",
+        "train",
+        then(a_file_at("checkpoints"), args("--out", "checkpoints/models")),
+        ("checkpoints/models/best.ckpt", "checkpoints is a file, not a folder"),
+        absent=(".tmp-",),
+    ),
+    Case(
+        "train-checkpoint-path-is-a-folder",
+        "train",
+        a_folder_at("models/last.ckpt"),
+        ("models/last.ckpt", "is a folder"),
+        absent=(".tmp-",),
+    ),
+    Case(
+        "tune-out-parent-is-a-file",
+        "tune",
+        args("--out", "reports/metrics.json/tune"),
+        ("reports/metrics.json/tune/tune_trials.csv", "reports/metrics.json is a file"),
+    ),
+    Case(
+        "tune-trial-out-parent-is-a-file",
+        "tune",
+        args("--trial-out", "samples.png/tuned"),
+        ("samples.png/tuned", "samples.png is a file, not a folder"),
+    ),
+    Case(
+        "classifier-out-is-a-folder",
+        "classifier",
+        a_folder_at("models/classifier.pt"),
+        ("models/classifier.pt", "is a folder"),
     ),
     Case(
         "classifier-stage-prepared-missing",

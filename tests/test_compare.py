@@ -117,6 +117,19 @@ def test_unknown_run_or_experiment_is_a_clear_error(store, logged):
         tracking.find_runs(params, [ids["a"]], dvc_exp="exp-one")
 
 
+def test_compare_checks_the_store_first_and_creates_nothing(store, logged, monkeypatch):
+    params, _ = logged
+    name = f"absent-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RnnexpError, match=f"experiment '{name}' not found"):
+        compare_runs(params, experiment=name)
+    assert store.get_experiment_by_name(name) is None  # the store check only reads
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
+    start = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match="127.0.0.1:9: the MLflow tracking store"):
+        compare_runs(params)
+    assert time.monotonic() - start < 30  # no minutes of MLflow's HTTP retries
+
+
 def test_table_has_key_params_and_metrics_with_empty_cells_for_missing(store, logged):
     params, ids = logged
     columns, rows = compare_table(tracking.find_runs(params))

@@ -196,7 +196,10 @@ SPACE = "tune:\n  space:\n    {name}: {spec}\n"
         ("model.hidden", "{type: int, low: 16, high: 48, step: 1.5}", "got 1.5"),
         ("model.hidden", "{type: int, low: 16, high: 64, step: 16, log: true}", "step and log"),
         ("train.lr", "{type: float, low: 0.001, high: 0.01, step: 0.001}", "unknown keys ['step']"),
-        ("train.lr", "{type: float, low: .nan, high: 0.01}", "low (nan) must be below"),
+        ("train.lr", "{type: float, low: .nan, high: 0.01}", "must be finite numbers, got nan"),
+        ("train.lr", "{type: float, low: 0.001, high: .inf}", "must be finite numbers"),
+        ("model.layers", "{type: int, low: 1, high: 3, log: 'no'}", "log: expected true or"),
+        ("model.hidden", "{type: int, low: 8, high: 64, step: 2, log: true}", "got step 2"),
         ("train.seed", "{type: int, low: 0, high: 4294967296}", "value 4294967296 is invalid"),
     ],
 )
@@ -208,37 +211,116 @@ def test_bad_tune_space_entries_are_refused(tmp_path, name, spec, fragment):
     assert fragment in str(info.value)
 
 
-def test_int_space_with_log_and_no_step_is_accepted(tmp_path):
-    path = write(
-        tmp_path, SPACE.format(name="model.hidden", spec="{type: int, low: 8, high: 64, log: true}")
-    )
-    assert load_params(path).tune.space["model.hidden"] == {
-        "type": "int",
-        "low": 8,
-        "high": 64,
-        "log": True,
-    }
+@pytest.mark.parametrize("step", ["", ", step: 1"])
+def test_int_space_with_log_and_no_step_or_step_1_is_accepted(tmp_path, step):
+    # Optuna samples a log-scale int in steps of 1: step 1 is the same as no step
+    spec = f"{{type: int, low: 8, high: 64, log: true{step}}}"
+    path = write(tmp_path, SPACE.format(name="model.hidden", spec=spec))
+    space = load_params(path).tune.space["model.hidden"]
+    assert (space["low"], space["high"], space["log"]) == (8, 64, True)
 
 
 @pytest.mark.parametrize(
     "text, line, key",
     [
-        ("train:\n  lr: 0.01\n  seed: 1\n  lr: 0.02\n", 4, "lr"),
+        ("train:\n  lr: 0.01\n  seed: 1\n  lr: 0.02\n", 4, "train.lr"),
         ("train:\n  seed: 1\nmodel:\n  hidden: 8\ntrain:\n  seed: 2\n", 5, "train"),
-        ("tune:\n  space: {train.lr: {type: float, type: int}}\n", 2, "type"),
+        ("tune:\n  space: {train.lr: {type: float, type: int}}\n", 2, "tune.space.train.lr.type"),
+        ("a: &x {k: 1, k: 2}\nb: *x\n", 1, "a.k"),  # found once, where the anchor is
     ],
 )
 def test_duplicate_keys_are_refused_naming_file_line_and_key(tmp_path, text, line, key):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_params(path)
-    assert str(info.value).startswith(f"{path}: malformed YAML at line {line}, column")
-    assert f"duplicate key {key!r}" in str(info.value)
+    assert str(info.value).startswith(f"{path}: refused at line {line}, column")
+    assert f"duplicate key {key} (first given at line" in str(info.value)
 
 
 def test_duplicate_key_in_an_override_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="duplicate key 'type'"):
+    with pytest.raises(ConfigError, match="--set .*duplicate key train.lr.type "):
         load_params(write(tmp_path, ""), ["tune.space={train.lr: {type: float, type: int}}"])
+
+
+def bomb(levels: int) -> str:
+    """YAML whose anchors expand to 9**levels values ("billion laughs")."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_at_once_with_a_short_message(tmp_path):
+    path = write(tmp_path, bomb(9))  # 387 million values once expanded
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused at line 6, column 5: l5: aliases expand")
+    assert "597,871 values (more than 100,000; an alias bomb?)" in message
+    assert len(message) < 300
+
+
+def test_shared_anchors_below_the_limit_are_read_as_safe_load_reads_them(tmp_path):
+    path = write(tmp_path, bomb(5))  # 74,733 values: large, but not a bomb
+    assert read_yaml(path) == yaml.safe_load(bomb(5))
+
+
+def test_a_bad_value_from_aliases_is_described_in_one_short_line(tmp_path):
+    flow = ", ".join(line.split(": ", 1)[1] for line in bomb(5).splitlines())
+    with pytest.raises(ConfigError) as info:  # 74,733 values: below the bomb limit
+        load_params(write(tmp_path, f"train:\n  lr: [{flow}]\n"))
+    (line,) = str(info.value).splitlines()[1:]
+    assert line.startswith(
+        "  - train.lr: expected a number, got [['lol', 'lol', 'lol', 'lol', ...]"
+    )
+    assert line.endswith("...] (list)") and len(line) < 200
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (
+            "train:\n  lr: &r [1, *r]\n",
+            "at line 2, column 7: train.lr[1]: an alias refers to itself",
+        ),
+        ("train:\n  lr: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 64 levels"),
+        ("train:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n", "malformed YAML: nested too deeply"),
+    ],
+)
+def test_recursive_and_too_deep_yaml_is_refused(tmp_path, text, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert fragment in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("example.com/mnist/x.gz", "(no scheme)"),
+        ("ftp://example.com/mnist/", "(scheme 'ftp')"),
+        ("file:///data/mnist/", "(scheme 'file')"),
+        ("https:///mnist/", "(no host)"),
+    ],
+)
+def test_data_url_must_be_http_or_https_with_a_host(tmp_path, url, fragment):
+    path = write(tmp_path, f"data:\n  source: idx\n  url: '{url}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert f"data.url: {url!r} is not a download URL {fragment}" in str(info.value)
+
+
+def test_data_url_with_http_or_https_and_a_host_is_accepted(tmp_path):
+    for url in ("https://example.com/mnist/", "HTTP://127.0.0.1:8000/idx"):
+        path = write(tmp_path, f"data:\n  source: idx\n  url: '{url}'\n")
+        assert load_params(path).data.url == url
+
+
+def test_sample_grid_is_capped(tmp_path):
+    assert load_params(write(tmp_path, "evaluate:\n  n_samples: 10000\n")).evaluate.n_samples
+    with pytest.raises(ConfigError, match="evaluate.n_samples: 10001 is out of range"):
+        load_params(write(tmp_path, "evaluate:\n  n_samples: 10001\n"))
 
 
 def test_yaml_semantics_otherwise_match_safe_load(tmp_path):
@@ -253,7 +335,8 @@ def test_yaml_semantics_otherwise_match_safe_load(tmp_path):
 def test_params_file_that_is_not_utf8_names_the_file(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_bytes("train:\n  experiment: caf\u00e9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match=r"params.yaml: not UTF-8 text \(byte 24") as info:
+    message = r"params.yaml: not UTF-8 text at line 2, column 18 \(byte 24 is 0xe9: invalid"
+    with pytest.raises(ConfigError, match=message) as info:
         load_params(path)
     assert str(path) in str(info.value)
 

@@ -27,8 +27,10 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def make_run(client, experiment_id, host, pid, start=None):
+def make_run(client, experiment_id, host, pid, start=None, machine=None):
+    machine = machine or tracking._liveness.machine_identity()
     tags = {"rnnexp.host": host, "rnnexp.pid": str(pid), "rnnexp.stage": "train"}
+    tags["rnnexp.machine"] = machine
     if start is not None:
         tags["rnnexp.pid_start"] = start
     return client.create_run(experiment_id, tags=tags).info.run_id
@@ -42,7 +44,9 @@ def test_stale_runs_of_dead_processes_end_killed_others_untouched(store, tiny_pa
     dead = make_run(store, experiment_id, host, dead_pid())
     alive = make_run(store, experiment_id, host, me, tracking._liveness.process_start(me))
     reused = make_run(store, experiment_id, host, me, start="1")  # pid reused since
-    elsewhere = make_run(store, experiment_id, "elsewhere.invalid", dead_pid())
+    elsewhere = make_run(
+        store, experiment_id, "elsewhere.invalid", dead_pid(), machine="boot:elsewhere/pidns:1"
+    )
 
     with tracking.tracked_run(params, "train") as run:
         assert store.get_run(run.run_id).info.status == "RUNNING"  # ours, alive

@@ -14,7 +14,12 @@ import sys
 import pytest
 
 from rnnexp import tracking
-from rnnexp.tracking._liveness import mark_stale_runs_killed, owner_dead, process_start
+from rnnexp.tracking._liveness import (
+    machine_identity,
+    mark_stale_runs_killed,
+    owner_dead,
+    process_start,
+)
 from rnnexp.tracking._resume import reopen_run
 
 
@@ -26,22 +31,35 @@ def dead_pid() -> int:
 
 def owner_tags(case: str) -> dict[str, str]:
     """Tags naming the owner process of a run for each case."""
-    host, me = socket.gethostname(), os.getpid()
+    host, me, here = socket.gethostname(), os.getpid(), machine_identity()
     owners = {
-        "live": (host, str(me), process_start(me)),
-        "dead": (host, str(dead_pid()), None),
-        "reused": (host, str(me), "1"),  # our pid, but another start time: pid reused
-        "other-host": ("elsewhere.invalid", str(dead_pid()), None),
-        "no-pid": (host, "unknown", None),
+        "live": (host, here, str(me), process_start(me)),
+        "dead": (host, here, str(dead_pid()), None),
+        "reused": (host, here, str(me), "1"),  # our pid, but another start time: pid reused
+        "other-host": ("elsewhere.invalid", "boot:elsewhere/pidns:1", str(dead_pid()), None),
+        # same host name, another machine (a container, a node): its pid means nothing here
+        "other-machine": (host, "boot:elsewhere/pidns:1", str(dead_pid()), None),
+        "no-machine": (host, None, str(dead_pid()), None),  # written before the tag: not ours
+        "no-pid": (host, here, "unknown", None),
     }
-    host, pid, start = owners[case]
+    host, machine, pid, start = owners[case]
     tags = {"rnnexp.host": host, "rnnexp.pid": pid}
+    if machine is not None:
+        tags["rnnexp.machine"] = machine
     if start is not None:
         tags["rnnexp.pid_start"] = start
     return tags
 
 
-CASES = {"live": False, "dead": True, "reused": True, "other-host": False, "no-pid": False}
+CASES = {
+    "live": False,
+    "dead": True,
+    "reused": True,
+    "other-host": False,
+    "other-machine": False,
+    "no-machine": False,
+    "no-pid": False,
+}
 
 
 def test_process_start_names_this_process_and_nothing_for_a_dead_pid():

@@ -166,12 +166,16 @@ def compare_runs(
 
     Without ``run_ids``, the train runs of ``experiment`` (default
     ``tracking.experiment``), optionally of one DVC experiment, newest first. Raises
-    :class:`RnnexpError` when the selection is empty or a run/experiment is unknown.
+    :class:`RnnexpError` when the selection is empty or a run/experiment is unknown, and
+    (within seconds) when the store does not answer or is not an MLflow store.
     """
-    from rnnexp.tracking import find_runs, tracking_uri
+    from rnnexp.tracking import find_runs, probe_store, tracking_uri
 
     if fmt not in FORMATS:
         raise RnnexpError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    # An unreachable server or a damaged store: one message within seconds, not a
+    # traceback after MLflow's minutes of retries. A read: compare creates nothing.
+    probe_store(params, write=False)
     runs = find_runs(params, list(run_ids or []) or None, experiment=experiment, dvc_exp=dvc_exp)
     if not runs:
         where = f"experiment {experiment or params.tracking.experiment!r}"

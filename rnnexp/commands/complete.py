@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rnnexp.config import Params
+from rnnexp.commands.sample import check_generation_args
+from rnnexp.config import MAX_GRID_IMAGES, Params
 from rnnexp.data.prepare import quantize
-from rnnexp.data.sources import load_images
+from rnnexp.data.sources import image_files, load_images
 from rnnexp.errors import RnnexpError
 from rnnexp.evaluation.generation import TaskInfo, source_preview, translate, triplet_grid
 from rnnexp.evaluation.images import image_bytes
@@ -21,8 +22,13 @@ log = logging.getLogger(__name__)
 
 def main(args: Any, params: Params) -> None:
     """Complete (or, ``args.as_source``, translate) the images at ``args.input``."""
-    if args.temperature <= 0:
-        raise RnnexpError(f"--temperature must be positive, got {args.temperature}")
+    check_generation_args(args)
+    count = len(image_files(args.input))  # before the checkpoint: --input alone decides
+    if count > MAX_GRID_IMAGES:
+        raise RnnexpError(
+            f"--input {args.input}: {count} images, more than the {MAX_GRID_IMAGES} one call "
+            "completes (each is sampled pixel by pixel); split the folder"
+        )
     loaded = load_checkpoint(args.checkpoint)
     config = loaded.generator.config
     task = TaskInfo.from_data_info(loaded.data)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rnnexp.config import Params
+from rnnexp.config import MAX_GRID_IMAGES, MAX_SEED, Params
 from rnnexp.errors import RnnexpError
 from rnnexp.evaluation.generation import class_labels, generate
 from rnnexp.evaluation.images import image_bytes, make_grid
@@ -16,14 +17,38 @@ from rnnexp.training.checkpoint import load_checkpoint
 from rnnexp.util.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+MAX_TEMPERATURE = 100.0  # as evaluate.temperature
+
+
+def check_generation_args(args: Any) -> None:
+    """Refuse ``--temperature`` and ``--seed`` (and ``--n`` where there is one) before any
+    work: values that would crash the sampler (nan, a seed numpy or torch refuses) or keep
+    it busy for hours. The same bounds as ``evaluate.temperature``, the params' seeds and
+    ``evaluate.n_samples``.
+
+    Raises:
+        RnnexpError: naming the argument, its value and the range it must lie in.
+    """
+    t = args.temperature
+    if not (math.isfinite(t) and 0 < t <= MAX_TEMPERATURE):
+        raise RnnexpError(
+            f"--temperature must be a number above 0 and at most {MAX_TEMPERATURE:g}, got {t}"
+        )
+    if not 0 <= args.seed <= MAX_SEED:
+        raise RnnexpError(f"--seed must lie in 0..{MAX_SEED} (2^32-1), got {args.seed}")
+    n = getattr(args, "n", 1)
+    if n < 1:
+        raise RnnexpError(f"--n must be at least 1, got {n}")
+    if n > MAX_GRID_IMAGES:
+        raise RnnexpError(
+            f"--n must be at most {MAX_GRID_IMAGES} (a 100 x 100 grid; sampling time grows "
+            f"with the count, one network pass per pixel), got {n}"
+        )
 
 
 def main(args: Any, params: Params) -> None:
     """Generate ``args.n`` images (of ``args.class_``, or of every class) to ``args.out``."""
-    if args.n < 1:
-        raise RnnexpError(f"--n must be at least 1, got {args.n}")
-    if args.temperature <= 0:
-        raise RnnexpError(f"--temperature must be positive, got {args.temperature}")
+    check_generation_args(args)
     loaded = load_checkpoint(args.checkpoint)
     config = loaded.generator.config
     if config.source_channels:

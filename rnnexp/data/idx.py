@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -73,7 +74,13 @@ def _parse_idx(path: Path, expected_magic: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"IDX file {path} is truncated inside its header ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape, dtype=np.int64))
+    if kind == "images" and 0 in shape:  # nothing to train on, and shapes of 0 break models
+        raise DataError(
+            f"IDX file {path} holds no pixels: its header announces {shape[0]} images of "
+            f"{shape[1]}x{shape[2]} pixels; an IDX images file needs at least one image "
+            "of at least 1x1"
+        )
+    expected = math.prod(shape)  # Python ints: a forged header cannot overflow
     found = len(data) - header
     if found < expected:
         raise DataError(

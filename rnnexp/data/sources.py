@@ -29,6 +29,7 @@ __all__ = [
     "SOURCES",
     "RawDataset",
     "fetch",
+    "image_files",
     "load_digits",
     "load_idx",
     "load_image_folder",
@@ -200,23 +201,31 @@ def fetch(
     raise DataError(f"unknown data.source {source!r}: choose one of {', '.join(SOURCES)}")
 
 
-def load_images(path: str | os.PathLike[str], size: int, channels: int) -> np.ndarray:
-    """Images to feed a trained model: a file, or every image in a folder (recursive).
+def image_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The image file ``path``, or the images in the folder ``path`` (recursive, sorted).
 
-    Each image is resized to ``size`` x ``size`` and converted to ``channels``
-    channels (1: grayscale, 3: RGB). Returns uint8 (N, size, size, channels).
+    Raises:
+        DataError: ``path`` does not exist, or is a folder without images.
     """
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if _is_image_file(p))
         if not files:
             raise DataError(f"no .png/.jpg/.jpeg images found in {path}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DataError(f"input {path} does not exist")
+        return files
+    if path.is_file():
+        return [path]
+    raise DataError(f"input {path} does not exist")
+
+
+def load_images(path: str | os.PathLike[str], size: int, channels: int) -> np.ndarray:
+    """Images to feed a trained model: a file, or every image in a folder (recursive).
+
+    Each image is resized to ``size`` x ``size`` and converted to ``channels``
+    channels (1: grayscale, 3: RGB). Returns uint8 (N, size, size, channels).
+    """
     images = []
-    for file in files:
+    for file in image_files(path):
         pixels = _load_image(file, size)  # (H, W) grey or (H, W, 3)
         if pixels.ndim == 2:
             pixels = pixels[..., None].repeat(channels, axis=2)

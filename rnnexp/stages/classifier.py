@@ -83,7 +83,9 @@ def run(prepared_dir: str, params: Params) -> tuple[Any, dict[str, Any]]:
 def main(args: Any, params: Params) -> None:
     """Write ``args.out`` (models/classifier.pt): a classifier, or why there is none."""
     from rnnexp import tracking
+    from rnnexp.util.atomic import check_writable
 
+    check_writable(files=[args.out])  # before the training, not after it
     meta = read_meta(args.prepared)
     if not meta.get("has_labels") or not meta.get("num_classes"):
         reason = f"{args.prepared} has no labels (sample scores need labelled data)"

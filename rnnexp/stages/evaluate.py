@@ -36,11 +36,18 @@ from rnnexp.evaluation.likelihood import (
 )
 from rnnexp.evaluation.sample_quality import quality_scores, read_scorer
 from rnnexp.training.checkpoint import check_fits_data, load_checkpoint
-from rnnexp.util.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from rnnexp.util.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+)
 from rnnexp.util.devices import torch_device
 from rnnexp.util.threads import torch_threads
 
 log = logging.getLogger(__name__)
+# What main writes into args.out (dvc.yaml's outs and metrics of the stage).
+OUTPUTS = ("samples.png", "completions.png", "nll_heatmap.png", "val_curve.csv", "metrics.json")
 
 
 def flat_metrics(groups: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -177,15 +184,17 @@ def main(args: Any, params: Params) -> None:
     from rnnexp import tracking
 
     registry = params.tracking.registered_model or params.tracking.experiment
-    if params.tracking.enabled:  # a refused registry name fails before any work
+    out = Path(args.out)
+    check_writable(files=[out / name for name in OUTPUTS])  # before any work, like these:
+    if params.tracking.enabled:  # a refused registry name, a store that does not answer
         tracking.RunHandle.check_registry_name(registry)
+        tracking.probe_store(params, write=False)
     device = torch_device(params.train.accelerator)  # where training would run
     log.debug(f"evaluate: on {device}")
     result = run(args.checkpoint, args.prepared, params.evaluate, args.classifier, device)
     # The full curve lives in the last checkpoint; the best one stops at its epoch.
     last = Path(args.checkpoint).with_name("last.ckpt")
     curve = load_checkpoint(last).history if last.is_file() else result.curve
-    out = Path(args.out)
     atomic_write_bytes(out / "samples.png", image_bytes(result.samples))
     atomic_write_bytes(out / "completions.png", image_bytes(result.completions))
     atomic_write_bytes(out / "nll_heatmap.png", image_bytes(result.nll_heat_map))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from rnnexp.config import Params
 from rnnexp.data.prepare import PreparedData, check_input, prepare, read_meta, write_prepared
+from rnnexp.data.raw import RAW_DATASET_FILE
 from rnnexp.data.sources import RawDataset, read_raw
+from rnnexp.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,12 @@ def main(args: Any, params: Params) -> None:
 
     d = params.data
     raw = read_raw(args.raw)
+    _, height, width, _ = raw.images.shape
+    if not height or not width:  # a hand-made data/raw; fetch refuses such sources
+        raise DataError(
+            f"raw data file {Path(args.raw) / RAW_DATASET_FILE} holds images of {height}x{width} "
+            "pixels; an image needs at least 1x1: fix the source and rerun the fetch stage"
+        )
     check_input(raw, d.val_fraction, d.test_fraction, d.task)  # before a run opens
     with tracking.tracked_run(params, "prepare") as tracked:
         write_prepared(run(raw, params), args.out)

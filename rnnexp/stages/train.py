@@ -15,7 +15,7 @@ from typing import Any
 
 from rnnexp.config import Params, read_yaml, with_overrides
 from rnnexp.errors import RnnexpError
-from rnnexp.training.fit import TrainResult, run_training
+from rnnexp.training.fit import BEST, LAST, TrainResult, run_training
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ def run(
 
 
 def main(args: Any, params: Params) -> None:
+    """Train; ``best.ckpt`` and ``last.ckpt`` in ``args.out`` (checked writable first)."""
+    from rnnexp.util.atomic import check_writable
+    from rnnexp.util.devices import check_training_machine
+
+    # Before any run opens: a device or node setting this machine cannot serve, and
+    # a path that cannot take the checkpoint an epoch of training ends with.
+    check_training_machine(params.train)
+    check_writable(files=[Path(args.out) / f"{BEST}.ckpt", Path(args.out) / f"{LAST}.ckpt"])
     result = run(params, args.prepared, args.out, args.tuned, args.trial)
     figures = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
     log.info(

@@ -331,10 +331,21 @@ def main(args: Any, params: Params) -> None:
     trial's checkpoints with its ``trial.json`` (``models/tuned/``)."""
     import yaml
 
-    from rnnexp.util.atomic import atomic_dir, atomic_write_json, atomic_write_text
+    from rnnexp.util.atomic import atomic_dir, atomic_write_json, atomic_write_text, check_writable
+    from rnnexp.util.devices import check_training_machine
 
-    result = run(params, args.prepared, workers=args.workers)
     out = Path(args.out)
+    check_training_machine(params.train)  # before a study or run opens
+    # Before the search: its outputs' places (and where trials keep checkpoints), and
+    # the MLflow store its runs go to (an unreachable one fails in seconds, before a
+    # study is created).
+    check_writable(
+        files=[out / "tune_trials.csv", out / "best_params.yaml"],
+        folders=[args.trial_out, trials_dir("study").parent],
+    )
+    if params.tracking.enabled and params.tune.n_trials > 0:
+        tracking.probe_store(params, write=False)
+    result = run(params, args.prepared, workers=args.workers)
     best = {"study": result.study_name or None, "best_value": result.best_value}
     best["trial"], best["trial_run_id"] = result.best_trial, result.best_run_id
     best["params"] = result.best_overrides

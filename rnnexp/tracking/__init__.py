@@ -9,6 +9,8 @@ Public API (``__all__``; import only these, from ``rnnexp.tracking``):
 - :func:`killed_run_to_continue`: the run a rerun of a killed training continues.
 - :func:`find_runs`: runs as plain dicts, for ``rnnexp compare``.
 - :func:`tracking_uri`: the store in use; :func:`probe_store`: does it take writes.
+- :func:`replay_undelivered`: send ``mlflow-undelivered/*.json`` once the store is
+  back (``rnnexp replay``), each item exactly once.
 - :class:`TrackingError`: the store could not be reached (an :class:`RnnexpError`).
 - :class:`MlflowRunLogger`: the Lightning logger writing into a :class:`RunHandle`.
   It is loaded lazily, on first access (module ``__getattr__``), so that
@@ -24,10 +26,12 @@ Private modules, one job each (import them only from this package and its tests)
   what was never delivered to ``mlflow-undelivered/<run_id>.json``.
 - ``_runs``: :func:`tracked_run` and :func:`open_existing_run`: signals, end status.
 - ``_resume``: reopening a run for a resumed training; the killed run to continue.
-- ``_liveness``: is a run's process dead on this host (``owner_dead``, from
-  ``/proc``), and ending the stale runs of dead processes.
+- ``_liveness``: who owns a run (host, machine identity: boot id and pid namespace,
+  pid and its start), is that process provably dead on this machine (``owner_dead``),
+  and ending the stale runs of dead processes.
+- ``_replay``: sending the undelivered files, in order, exactly once per item.
 - ``_queries``: searching runs by tags (one filter-string quoting), ``find_runs``.
-- ``_tags``: git, DVC-experiment, host and pid tags of a run.
+- ``_tags``: git, DVC-experiment and owner tags of a run.
 - ``_names``: run names that say what a run is (``train row_lstm h48x3 lr8.5e-3``),
   and the experiment's kind tag.
 - ``_datasets``: the prepared data as a run's MLflow dataset input.
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from rnnexp.tracking._handle import NullRunHandle, RunHandle
 from rnnexp.tracking._queries import find_runs
+from rnnexp.tracking._replay import replay_undelivered
 from rnnexp.tracking._resume import killed_run_to_continue
 from rnnexp.tracking._runs import open_existing_run, tracked_run
 from rnnexp.tracking._store import TrackingError, probe_store, tracking_uri
@@ -63,6 +68,7 @@ __all__ = [
     "killed_run_to_continue",
     "open_existing_run",
     "probe_store",
+    "replay_undelivered",
     "tracked_run",
     "tracking_uri",
 ]

@@ -28,6 +28,7 @@ from rnnexp.tracking._resume import reopen_run
 from rnnexp.tracking._store import UNREACHABLE, TrackingError, connect, experiment_id, first_line
 from rnnexp.tracking._sysmetrics import start_monitor, stop_monitor
 from rnnexp.tracking._tags import source_tags
+from rnnexp.util.atomic import unguarded
 from rnnexp.util.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def _close(handle: RunHandle, uri: str, status: str, error: BaseException | None
         except UNREACHABLE:
             pass
     undelivered.append(Pending(f"run status {status}", None, {"status": status}))
-    message = save_undelivered(handle.run_id, uri, status, undelivered)
+    with unguarded():  # a record of the run, not a stage output: kept even if params changed
+        message = save_undelivered(handle.run_id, uri, status, undelivered)
     if error is None:
         raise TrackingError(message)
     log.warning("%s", message)  # the stage failed anyway; do not hide its error

@@ -1,12 +1,11 @@
-"""Tags saying where a run comes from: git commit and dirty flag, DVC experiment, host, pid."""
+"""Tags saying where a run comes from: git commit and dirty flag, DVC experiment, its owner."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
-from rnnexp.tracking._liveness import process_start
+from rnnexp.tracking import _liveness
 
 
 def _git(*args: str) -> str | None:
@@ -19,15 +18,12 @@ def _git(*args: str) -> str | None:
 
 
 def source_tags() -> dict[str, str]:
-    """Git commit and dirty flag, DVC experiment name, host and pid of this process.
+    """Git commit and dirty flag, DVC experiment name, and the process that owns the run.
 
-    Host, pid and the pid's start time name the process that owns the run
-    (:func:`rnnexp.tracking._liveness.owner_dead` reads them back).
+    The owner is host, machine identity, pid and the pid's start time
+    (:func:`rnnexp.tracking._liveness.owner_tags`; ``owner_dead`` reads them back).
     """
-    tags = {"rnnexp.host": socket.gethostname(), "rnnexp.pid": str(os.getpid())}
-    start = process_start(os.getpid())
-    if start is not None:
-        tags["rnnexp.pid_start"] = start
+    tags = _liveness.owner_tags()
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit

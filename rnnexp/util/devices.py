@@ -2,14 +2,19 @@
 
 Training hands ``train.accelerator`` to Lightning; the evaluate stage runs plain
 torch and must pick the same kind of device itself, so that ``auto`` (the default)
-evaluates on a GPU where training used one, and on the CPU elsewhere.
+evaluates on a GPU where training used one, and on the CPU elsewhere. Before a
+training opens its MLflow run, :func:`check_training_devices` refuses settings this
+machine cannot start (Lightning would raise only once the run is open).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from rnnexp.errors import RnnexpError
+from rnnexp.util.distributed import check_launch
 
 
 def _mps_available() -> bool:
@@ -39,7 +44,42 @@ def torch_device(accelerator: str) -> torch.device:
         return torch.device("mps" if mps else "cuda")
     if (accelerator == "cuda" and cuda) or (accelerator == "mps" and mps):
         return torch.device(accelerator)
+    has = "a CUDA GPU" if cuda else "an MPS device" if mps else "only the CPU (no CUDA or MPS)"
     raise RnnexpError(
-        f"train.accelerator: {accelerator!r}, but this machine has no such device; set "
+        f"train.accelerator: {accelerator!r}, but this machine has {has}; set "
         "train.accelerator: auto (a GPU when there is one, else the CPU) or cpu"
     )
+
+
+def check_training_devices(accelerator: str, devices: int) -> None:
+    """Refuse ``train.accelerator`` and ``train.devices`` that this machine cannot train on.
+
+    Call it before any MLflow run or study opens. On the CPU any number of devices
+    (processes) works; on CUDA no more than the visible GPUs; MPS is one device.
+
+    Raises:
+        RnnexpError: naming the key, what it asks for and what the machine has.
+
+    Example:
+        >>> check_training_devices("cpu", 2)
+    """
+    kind = torch_device(accelerator).type
+    count = torch.cuda.device_count() if kind == "cuda" else 1 if kind == "mps" else devices
+    if devices > count:
+        plural = "s" if count != 1 else ""
+        hint = " (CUDA_VISIBLE_DEVICES limits what is visible)" if kind == "cuda" else ""
+        raise RnnexpError(
+            f"train.devices: {devices} with train.accelerator: {accelerator!r}, but this machine "
+            f"has {count} {kind.upper()} device{plural}{hint}; set train.devices to at most {count}"
+        )
+
+
+def check_training_machine(train: Any) -> None:
+    """Refuse a training this machine cannot start or that would wait forever: the
+    devices of ``train.accelerator``/``train.devices`` (:func:`check_training_devices`)
+    and the members of ``train.num_nodes`` (:func:`rnnexp.util.distributed.check_launch`).
+
+    ``train`` is ``params.train``. Call it before any MLflow run or Optuna study opens.
+    """
+    check_training_devices(train.accelerator, train.devices)
+    check_launch(train.num_nodes)
