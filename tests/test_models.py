@@ -153,7 +153,9 @@ def dependence(
     def mixed(v: torch.Tensor) -> torch.Tensor:
         return torch.einsum("blchw,l->chw", model.forward_scaled(v, **cond), mix)
 
-    jac = torch.autograd.functional.jacobian(mixed, xs, vectorize=True)  # (C, H, W, B, C, H, W)
+    # One backward per output, not vectorize=True: the Diagonal BiLSTM's hand-written
+    # backward writes into preallocated buffers, which vmap cannot batch.
+    jac = torch.autograd.functional.jacobian(mixed, xs)  # (C, H, W, B, C, H, W)
     dep = jac.ne(0).any(dim=3)  # (C, H, W, C, H, W)
     dep = dep.permute(1, 2, 0, 4, 5, 3)  # (H, W, C, H, W, C): raster order
     return dep.reshape(h * w * c, h * w * c)

@@ -1,7 +1,7 @@
 """PixelRNN generators as plain ``torch.nn`` modules (no Lightning/MLflow/Optuna/DVC)."""
 
 from rnnexp.models.conditioning import Conditioning, SourceEncoder
-from rnnexp.models.diagonal import DiagonalBiLSTM, DiagonalLSTM, skew, unskew
+from rnnexp.models.diagonal import DiagonalBiLSTM, DiagonalLSTM, diagonal_order
 from rnnexp.models.generator import (
     ARCHS,
     GeneratorConfig,
@@ -27,7 +27,6 @@ __all__ = [
     "SourceEncoder",
     "count_parameters",
     "matched_hidden",
+    "diagonal_order",
     "sample_naive",
-    "skew",
-    "unskew",
 ]

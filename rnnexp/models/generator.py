@@ -255,7 +255,9 @@ class PixelRNN(nn.Module):
         """
         b, _, h, w = xs.shape
         biases = self.cond_biases(b, h, w, labels, source)
-        z = self.input_conv(xs)  # (B, F, H, W)
+        # Channels last: the layers and the head are 1x1 convolutions and matrix
+        # products over channels, which run as plain GEMMs on this memory format.
+        z = self.input_conv(xs).contiguous(memory_format=torch.channels_last)  # (B, F, H, W)
         for layer, cond in zip(self.layers, biases, strict=True):
             z = layer(z, cond)  # (B, F, H, W)
         out = self.head(z)  # (B, C*L, H, W), channel c's logits are out-group c

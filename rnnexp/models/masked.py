@@ -143,6 +143,12 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight * self.mask
+        if self.kernel_size == (1, 1) and x.is_contiguous(memory_format=torch.channels_last):
+            # A 1x1 convolution is a product over channels: on a channels-last map it
+            # is one GEMM, forward and backward (mkldnn's 1x1 backward was 2-4x slower
+            # on the CPU). The result is channels last too.
+            out = F.linear(x.permute(0, 2, 3, 1), weight[:, :, 0, 0], self.bias)
+            return out.permute(0, 3, 1, 2)  # (B, out, H, W)
         if self._support is None or not self.crop_kernels:
             return self._conv_forward(x, weight, self.bias)
         # Convolve with the part of the kernel the mask keeps (2 of 3 taps of a 1x3
