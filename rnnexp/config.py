@@ -8,7 +8,6 @@ import math
 import re
 import types
 import typing
-import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from rnnexp.config_checks import consistency_errors
 from rnnexp.errors import ConfigError
 from rnnexp.yaml_file import parse_yaml, read_yaml, short_repr  # read_yaml: part of this API
 
@@ -33,7 +33,6 @@ MAX_SEED = 2**32 - 1  # numpy's RandomState refuses larger seeds
 # Images of one sample grid (evaluate.n_samples, sample --n): 10,000 is a 100 x 100 grid,
 # more than anyone inspects; sampling time grows with it (8x8 digits: 0.5 s per 1,000).
 MAX_GRID_IMAGES = 10_000
-URL_SCHEMES = ("http", "https")  # what data.url downloads from (urllib, checked by sha256)
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
@@ -84,7 +83,8 @@ class TrainParams(_Section):
         4, ge=0, le=100000, description="stop after N epochs without a better val metric (0: off)"
     )
     grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0 = off)")
-    precision: Precision = Field("32-true", description="Lightning precision")
+    precision: Precision = Field("32-true", description="Lightning precision (16-mixed: GPU only)")
+    compile: bool = Field(False, description="torch.compile the generator's training NLL")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when there is one")
     devices: int = Field(1, ge=1, le=1024, description="devices per node")
     strategy: Strategy = Field("auto", description="Lightning strategy")
@@ -255,45 +255,12 @@ def validate(raw: Any, source: str, check_space: bool = True) -> Params:
     except ValidationError as exc:
         errors = _messages(exc, raw)
     else:
-        errors = _consistency_errors(params)
+        errors = consistency_errors(params)
         if check_space and not errors:  # else every space value repeats the same error
             errors = _space_errors(params)
     if errors:
         raise ConfigError(f"{source}: invalid params:\n  - " + "\n  - ".join(errors))
     return params
-
-
-def _consistency_errors(p: Params) -> list[str]:
-    """Rules that involve more than one key."""
-    errors = []
-    if p.data.val_fraction + p.data.test_fraction >= 1.0:
-        errors.append("data.val_fraction + data.test_fraction must be below 1")
-    if p.data.source in ("idx", "image-folder") and not (p.data.path or p.data.url):
-        errors.append(f"data.path must be set for data.source={p.data.source!r}")
-    if p.data.source == "image-folder" and p.data.url:
-        errors.append("data.url is only for data.source='idx'")
-    if p.data.url is not None and (problem := _url_problem(p.data.url)):
-        errors.append(problem)
-    if p.train.lr_schedule == "cosine" and p.train.warmup_epochs >= p.train.max_epochs:
-        errors.append(
-            f"train.warmup_epochs: {p.train.warmup_epochs} leaves no epoch of the cosine "
-            f"schedule (train.max_epochs is {p.train.max_epochs})"
-        )
-    for key in ("kernel", "input_kernel"):
-        if getattr(p.model, key) % 2 == 0:
-            errors.append(f"model.{key}: {getattr(p.model, key)} must be odd")
-    return errors
-
-
-def _url_problem(url: str) -> str | None:
-    """Why ``data.url`` cannot be downloaded from (None: it can); urllib would raise later."""
-    parts = urllib.parse.urlsplit(url.strip())
-    scheme_ok = parts.scheme.lower() in URL_SCHEMES
-    if scheme_ok and parts.hostname:
-        return None
-    why = "no host" if scheme_ok else f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-    return (f"data.url: {short_repr(url)} is not a download URL ({why}): give http(s)://"
-            "<host>/..., e.g. https://example.com/mnist/, or a folder as data.path")  # fmt: skip
 
 
 def _spec_error(name: str, spec: dict) -> str | None:

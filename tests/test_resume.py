@@ -15,6 +15,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from early_peak import OVERRIDES as EARLY_PEAK
+from early_peak import write_early_peak_data
 
 from rnnexp.data.datamodule import EpochShuffleSampler
 from rnnexp.training.callbacks import RngState
@@ -37,8 +39,12 @@ class CrashAt(pl.Callback):
             raise Crash(f"crash at epoch {self.epoch} batch {self.batch}")
 
 
+def checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def state(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return checkpoint(path)["state_dict"]
 
 
 def assert_same_weights(a, b):
@@ -130,6 +136,48 @@ def test_crash_mid_epoch_resumes_same_run_with_uninterrupted_weights(
     ours = [(m.step, m.value) for m in store.get_metric_history(crashed, "val/bpd")]
     theirs = [(m.step, m.value) for m in store.get_metric_history(reference.run_id, "val/bpd")]
     assert sorted(ours) == sorted(theirs)
+
+
+@pytest.fixture(scope="module")
+def early_peak_dir(tmp_path_factory, digits_subsample):
+    """Prepared data whose val/bpd is best after epoch 0 and worse every epoch after."""
+    return write_early_peak_data(digits_subsample, tmp_path_factory.mktemp("early") / "prepared")
+
+
+def test_crash_after_a_later_epoch_than_the_best_resumes_from_the_later_epoch(
+    early_peak_dir, tiny_params, store, tmp_path, caplog
+):
+    """Issue 16: validation worse after an early best, a crash after a later epoch. The
+    resume continues from the later epoch (last.ckpt), not from the best (best.ckpt),
+    and ends with the weights, checkpoints and curve of an uninterrupted run."""
+    params = tiny_params("train.max_epochs=5", *EARLY_PEAK)
+    reference = run_training(params, early_peak_dir, tmp_path / "reference", resume=False)
+    logged = store.get_metric_history(reference.run_id, "val/bpd")
+    curve = [m.value for m in sorted(logged, key=lambda m: m.step)]
+    # the premise: best at epoch 0, worse at the epoch the resume starts from
+    assert reference.metrics["best/epoch"] == 0 and curve[2] > curve[0], curve
+
+    out = tmp_path / "models"
+    with pytest.raises(Crash):  # inside epoch 3, after epoch 2's checkpoints
+        run_training(params, early_peak_dir, out, callbacks=[CrashAt(epoch=3, batch=1)])
+    assert checkpoint(out / "best.ckpt")["epoch"] == 0
+    assert checkpoint(out / "last.ckpt")["epoch"] == 2  # not the best epoch's copy
+
+    with caplog.at_level(logging.INFO, logger="rnnexp"):  # the CLI's console shows INFO
+        result = run_training(params, early_peak_dir, out)
+    assert "after epoch 3 (" in caplog.text  # 3 epochs done: epochs 3 and 4 left
+    assert result.epochs == 5 and result.epochs_trained == 2
+    assert checkpoint(out / "last.ckpt")["epoch"] == 4
+    assert checkpoint(out / "best.ckpt")["epoch"] == 0
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+    assert_same_weights(result.best_checkpoint, reference.best_checkpoint)
+    assert result.metrics == reference.metrics
+    assert (
+        checkpoint(out / "last.ckpt")["rnnexp"]["history"]
+        == checkpoint(reference.last_checkpoint)["rnnexp"]["history"]
+    )
+    steps = sorted(m.step for m in store.get_metric_history(result.run_id, "val/bpd"))
+    assert steps == [0, 1, 2, 3, 4]  # each epoch once
 
 
 @pytest.mark.slow  # five trainings

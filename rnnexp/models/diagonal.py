@@ -237,7 +237,10 @@ def diagonal_scan(gates: Tensor, weight: Tensor, sizes: tuple[int, ...], height:
         a pixel outside the image is zero; the cell update is
         :func:`~rnnexp.models.lstm_cell.lstm_cell`'s.
     """
-    return _DiagonalScan.apply(gates.contiguous(), weight.contiguous(), sizes, height)
+    # In float32 with autocast off: the scan writes products into buffers in place,
+    # which autocast (bf16-mixed, 16-mixed) would cast to another dtype than theirs.
+    with torch.autocast(gates.device.type, enabled=False):
+        return _DiagonalScan.apply(gates.float().contiguous(), weight.float(), sizes, height)
 
 
 def shift_down(x: Tensor) -> Tensor:

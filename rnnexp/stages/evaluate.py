@@ -195,6 +195,7 @@ def main(args: Any, params: Params) -> None:
     # The full curve lives in the last checkpoint; the best one stops at its epoch.
     last = Path(args.checkpoint).with_name("last.ckpt")
     curve = load_checkpoint(last).history if last.is_file() else result.curve
+    result.metrics["train"]["epochs"] = len(curve)  # every epoch trained, not the best's
     atomic_write_bytes(out / "samples.png", image_bytes(result.samples))
     atomic_write_bytes(out / "completions.png", image_bytes(result.completions))
     atomic_write_bytes(out / "nll_heatmap.png", image_bytes(result.nll_heat_map))

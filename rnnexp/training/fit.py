@@ -131,9 +131,8 @@ def run_training(
         "occlusion": params.data.occlusion,
         "noise_level": params.data.noise_level,
     }
-    system = PixelRNNSystem(
-        generator, shape, t.lr, t.weight_decay, data_info, t.lr_schedule, t.warmup_epochs
-    )
+    system = PixelRNNSystem(generator, shape, t.lr, t.weight_decay, data_info, t.lr_schedule,
+                            t.warmup_epochs, compile=t.compile)  # fmt: skip
     system.fingerprint = fingerprint(params, meta["content_hash"])
     source = Path(start_from) if start_from is not None else None
     enabled = resume and save_checkpoints
@@ -162,7 +161,8 @@ def run_training(
         run.log_dataset(meta, prepared_dir, "training", params.data.source)
         log.debug(
             f"{stage}: run {run.run_id}, accelerator {t.accelerator}, devices {t.devices}, "
-            f"strategy {t.strategy}, {threads} torch threads, precision {t.precision}"
+            f"strategy {t.strategy}, {threads} torch threads, precision {t.precision}, "
+            f"compile {t.compile}"
         )
         if plan.source is not None:
             inherited = adopt_checkpoints(plan.source, out_dir, run.run_id)

@@ -47,6 +47,9 @@ class PixelRNNSystem(pl.LightningModule):
             ``warmup_epochs`` to lr, then a cosine decay to 0 at the
             trainer's ``max_epochs``, stepped every batch; or ``plateau``: halved after
             ``PLATEAU_PATIENCE`` epochs without a better validation NLL.
+        compile: run the generator's ``nll`` through ``torch.compile`` in every step
+            (train, val, test). The module itself stays uncompiled, so checkpoints keep
+            the generator's own keys and the samplers run it eagerly.
     """
 
     def __init__(
@@ -58,9 +61,14 @@ class PixelRNNSystem(pl.LightningModule):
         data_info: dict[str, Any] | None = None,
         lr_schedule: str = "constant",
         warmup_epochs: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.generator = generator
+        # Compile the NLL rather than the module (or the whole step, Lightning's
+        # `trainer.fit(torch.compile(system))`): the state_dict gets no "_orig_mod."
+        # prefix, and the torchmetrics update and logging stay eager, out of the graph.
+        self._compiled_nll = torch.compile(generator.nll) if compile else None
         self.image_shape = tuple(image_shape)
         self.levels = generator.config.levels
         self.lr, self.weight_decay = lr, weight_decay
@@ -107,7 +115,8 @@ class PixelRNNSystem(pl.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         x = batch["image"]  # (B, C, H, W) level indices
-        nll = self.generator.nll(x, **self.conditioning(batch))  # (B,) nats per image
+        nll_of = self._compiled_nll or self.generator.nll
+        nll = nll_of(x, **self.conditioning(batch))  # (B,) nats per image
         self.epoch_means[f"{stage}_nll"].update(nll.detach())  # summed in float64, weight 1 each
         return nll.mean()
 
