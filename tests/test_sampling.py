@@ -21,9 +21,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rnnexp.models.sampling
 from rnnexp.models import ARCHS, GeneratorConfig, PixelRNN
-from rnnexp.models.cached import CachedSampler
-from rnnexp.models.sampling import sample_cached, sample_naive
+from rnnexp.models.cached import PHASES, CachedSampler
+from rnnexp.models.sampling import _cdf, _choose, _Setup, sample_cached, sample_naive
 
 CONDITIONS = ("unconditional", "class", "source")
 H, W, N = 5, 6, 3
@@ -144,7 +145,107 @@ def test_steps_skip_yields_only_unknown_subpixels_with_right_logits():
     ]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_put_elsewhere_than_the_current_subpixel_is_seen_later(arch):
+    # Levels put ahead of the walk (before it and during it, in a later row) are in x
+    # and in the cached input, so the logits still equal full forward passes.
+    model = tiny_model(arch, 3, "class").eval()
+    cond = cond_inputs(model)
+    sampler = CachedSampler(model, torch.zeros(N, 3, H, W, dtype=torch.long), **cond)
+    levels = torch.tensor([5, 1, 3])
+    sampler.put(1, 2, 0, levels)  # before the walk
+    with torch.no_grad():
+        for step, (i, j, c, logits) in enumerate(sampler.steps()):
+            if step == 4:
+                sampler.put(3, 1, 2, levels)  # during the walk, rows ahead
+            full = model(sampler.x, **cond)[:, :, c, i, j]
+            torch.testing.assert_close(logits, full, atol=1e-10, rtol=0, msg=f"at {(i, j, c)}")
+    assert torch.equal(sampler.x[:, 0, 1, 2], levels)
+    assert torch.equal(sampler.x[:, 2, 3, 1], levels)
+
+
 # --------------------------------------------------------------------------- sampling
+
+
+def test_choose_draws_the_level_whose_interval_holds_u():
+    x = torch.zeros(7, 1, 1, 1, dtype=torch.long)
+    s = _Setup(x, None, None, {}, 1.0, torch.device("cpu"), None)
+    # Probabilities 0.25, 0, 0.5, 0.25: level l is drawn for u in [cdf[l-1], cdf[l]).
+    cdf = torch.tensor([0.25, 0.25, 0.75, 1.0], dtype=torch.float64).repeat(7, 1)
+    u = torch.tensor([0.0, 0.2499, 0.25, 0.7499, 0.75, 0.9999, 1 - 2**-53], dtype=torch.float64)
+    s.uniform = lambda i: u[:, None]  # type: ignore[method-assign]
+    assert _choose(s, cdf, 0, 0, 0).tolist() == [0, 0, 2, 2, 3, 3, 3]  # never level 1
+    # A total rounded below u still draws the last level, not one past it.
+    short = torch.tensor([0.5, 1 - 2**-52], dtype=torch.float64).repeat(7, 1)
+    assert _choose(s, short, 0, 0, 0).tolist() == [0, 0, 0, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_cdf_is_the_cumulative_softmax_summed_in_float64(temperature):
+    x = torch.zeros(2, 1, 1, 1, dtype=torch.long)
+    s = _Setup(x, None, None, {}, temperature, torch.device("cpu"), None)
+    logits = torch.tensor([[1.0, -2.0, 0.5, 0.1], [0.0, 3.0, -1.0, 2.0]])
+    cdf = _cdf(s, logits)
+    assert cdf.dtype == torch.float64
+    expected = torch.softmax(logits.double() / temperature, dim=1).cumsum(1)
+    torch.testing.assert_close(cdf, expected, atol=1e-7, rtol=0)  # float32 softmax
+    assert torch.equal(_cdf(s, logits.double()), expected)  # float64 logits: all in float64
+
+
+def test_draws_use_one_uniform_number_per_image_and_row_order():
+    # The uniform numbers of a row are drawn in one call; both samplers take them in
+    # the same order, so the generator ends in the same state as one rand per draw.
+    model = tiny_model("pixelcnn", 1)
+    g = torch.Generator().manual_seed(3)
+    sample_cached(model, N, 2, 3, generator=g)
+    expected = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        torch.rand(3, N, 1, generator=expected, dtype=torch.float64)
+    assert torch.equal(g.get_state(), expected.get_state())
+
+
+def test_cached_timings_split_and_same_images():
+    model = tiny_model("row_lstm", 3, "class")
+    cond = cond_inputs(model)
+    timings: dict[str, float] = {}
+    a = sample_cached(model, N, H, W, generator=torch.Generator().manual_seed(2), **cond)
+    b = sample_cached(
+        model, N, H, W, generator=torch.Generator().manual_seed(2), timings=timings, **cond
+    )
+    assert torch.equal(a, b)
+    assert set(timings) == {*PHASES, "softmax", "sampling"}
+    assert all(seconds > 0 for seconds in timings.values())
+
+
+def test_cached_pixels_on_one_thread_rows_on_the_setting(monkeypatch):
+    seen: dict[str, list[int]] = {"draw": [], "rows": []}
+    choose, start_row = rnnexp.models.sampling._choose, CachedSampler._start_row
+
+    def probe_draw(*args):
+        seen["draw"].append(torch.get_num_threads())
+        return choose(*args)
+
+    def probe_rows(self, i):
+        seen["rows"].append(torch.get_num_threads())
+        return start_row(self, i)
+
+    monkeypatch.setattr(rnnexp.models.sampling, "_choose", probe_draw)
+    monkeypatch.setattr(CachedSampler, "_start_row", probe_rows)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 thread differs from the setting outside
+    try:
+        sample_cached(tiny_model("row_lstm"), 2, 3, 2)
+        assert seen == {"draw": [1] * 6, "rows": [2] * 3}
+        assert torch.get_num_threads() == 2
+        # A walk left early (closed generator) restores the setting too.
+        sampler = CachedSampler(tiny_model("pixelcnn"), torch.zeros(1, 1, 3, 3, dtype=torch.long))
+        steps = sampler.steps()
+        next(steps)
+        assert torch.get_num_threads() == 1
+        steps.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def draw_both(model, height=H, width=W, **kw):
@@ -209,7 +310,7 @@ def test_cached_low_temperature_is_greedy():
     model = tiny_model("row_lstm", 3, "class")
     cond = cond_inputs(model)
     x = sample_cached(
-        model, N, H, W, generator=torch.Generator().manual_seed(0), temperature=1e-4, **cond
+        model, N, H, W, generator=torch.Generator().manual_seed(0), temperature=1e-6, **cond
     )
     with torch.no_grad():
         assert torch.equal(model(x, **cond).argmax(dim=1), x)

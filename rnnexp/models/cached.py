@@ -3,33 +3,21 @@
 Fast generation for convolutional autoregressive models (Ramachandran et al. 2017):
 when pixel ``(i, j)`` is generated, only what that pixel can change is computed,
 from states cached when the earlier pixels were generated. One sub-pixel costs
-one column through the network at one position, not a full forward pass.
+one column through the network at one position, not a full forward pass; what
+does not depend on row ``i``'s pixels is computed once per row
+(:mod:`rnnexp.models.cached_layers`).
 
-What each part computes and keeps (``B`` images, ``F = 2h`` features, ``k`` kernel):
+What each part computes (``B`` images, ``F = 2h`` features, ``L`` levels):
 
-- input conv (``k_in x k_in`` mask A): at ``(i, j)`` only, from a zero-padded copy
-  of the scaled image; the window holds rows ``i - k_in//2 .. i`` (the mask zeroes
-  the rest of the kernel).
-- Row LSTM (section 3.1): once per row, the state-to-state term ``s2s(h_{i-1})``
-  of the previous row's hidden state (plus the biases and the conditioning bias of
-  the row). Per pixel, the ``1 x k`` mask-B input-to-state window over the layer
-  input at columns ``j - k//2 .. j`` (the current pixel and its left neighbours,
-  kept in a one-row buffer) and the LSTM update of column ``j`` only, with the cell
-  state of column ``j`` of the previous row.
-- Diagonal BiLSTM (section 3.2): the left-to-right LSTM advances one cell per
-  pixel, from its state at ``(i, j - 1)`` (hidden and cell, this row) and
-  ``(i - 1, j)`` (hidden, previous row). The right-to-left LSTM enters shifted down
-  one row, so when row ``i`` is complete (every layer's input of row ``i`` is then
-  final) it is run along row ``i``, right to left, once per layer, from the row's
-  layer input and its own state of row ``i - 1``; pixel ``(i + 1, j)`` adds its
-  column ``j``.
-- PixelCNN block (section 3.3): per pixel, the 1x1 reduction at ``(i, j)`` into a
-  zero-padded cache of the block's inner activations, then the ``k x k`` mask-B
-  convolution at ``(i, j)`` only (its window covers rows above and the left part
-  of row ``i``: all computed) and the 1x1 expansion.
-- output head (1x1 convolutions): at ``(i, j)`` only, and of the last convolution
-  only the rows of the channel being drawn.
-- conditioning: :meth:`PixelRNN.cond_biases` once per batch, indexed per row.
+- input conv (``k_in x k_in`` mask A, :class:`~rnnexp.models.cached_layers.RowConv`):
+  per row, the rows above for the whole row; per pixel, the taps of row ``i`` left
+  of and at ``(i, j)``, from a zero-padded copy of the scaled image.
+- layers: see :mod:`rnnexp.models.cached_layers` (Row LSTM, Diagonal BiLSTM,
+  PixelCNN block): per pixel one product over the row's taps, the LSTM update of
+  one column and the output product, written straight into the next layer's input.
+- output head (two 1x1 convolutions): at ``(i, j)`` only, and of the last one only
+  the ``L`` rows of the channel being drawn.
+- conditioning: :meth:`PixelRNN.cond_biases` once per batch, added per row.
 
 RGB (section 3.4): channels are drawn R, G, B. Channel ``c``'s logits at ``(i, j)``
 see channels ``< c`` of the pixel, so the pixel's column (all layers, this pixel
@@ -44,221 +32,96 @@ at every step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from rnnexp.models.diagonal import DiagonalBiLSTM
+from rnnexp.models.cached_layers import (
+    CACHED_LAYERS,
+    OUT_RELU,
+    RowConv,
+    layer_caches,
+    pointwise,
+)
 from rnnexp.models.generator import PixelRNN
 from rnnexp.models.masked import MaskedConv2d
 from rnnexp.models.pixelcnn import PixelCNNBlock
-from rnnexp.models.row_lstm import RowLSTM, lstm_update
 
-CACHED_LAYERS = (RowLSTM, DiagonalBiLSTM, PixelCNNBlock)
+F_ = TypeVar("F_", bound=Callable)
 
-
-def _masked(conv: MaskedConv2d) -> Tensor:
-    """The effective (masked) kernel ``(out, in, kh, kw)``, detached."""
-    return (conv.weight * conv.mask).detach()
+#: The phases :class:`CachedSampler` times when given ``timings`` (see
+#: :func:`rnnexp.models.sampling.sample_cached` for the two of drawing).
+PHASES = ("input", "layers", "rows", "head")
 
 
-def _bias(conv: nn.Module, out: int, like: Tensor) -> Tensor:
-    bias = getattr(conv, "bias", None)
-    return like.new_zeros(out) if bias is None else bias.detach()
+def timed(timings: dict[str, float] | None, name: str, fn: F_, device: torch.device) -> F_:
+    """``fn`` itself, or, given ``timings``, ``fn`` adding its wall time to ``timings[name]``.
 
+    Instrumented mode for the benchmark's time split: a ``perf_counter`` pair per
+    call (a CUDA device is synchronised around each call so the time is the work's).
+    """
+    if timings is None:
+        return fn
+    timings.setdefault(name, 0.0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
 
-def _pointwise(conv: MaskedConv2d) -> tuple[Tensor, Tensor]:
-    """A 1x1 masked conv as ``(weight.T (in, out), bias (out,))`` for ``addmm``."""
-    w = _masked(conv)[:, :, 0, 0]  # (out, in)
-    return w.t(), _bias(conv, w.shape[0], w)
+    def wrapper(*args):
+        if sync is not None:
+            sync()
+        start = time.perf_counter()
+        result = fn(*args)
+        if sync is not None:
+            sync()
+        timings[name] += time.perf_counter() - start
+        return result
 
-
-def _cond_row(cond: Tensor | None, i: int, width: int) -> Tensor | None:
-    """Row ``i`` of a bias broadcastable to ``(B, w, H, W)``, as ``(W, B, w)`` (a view)."""
-    if cond is None:
-        return None
-    row = cond[:, :, i if cond.shape[2] > 1 else 0]  # (B, w, 1 or W)
-    return row.expand(-1, -1, width).permute(2, 0, 1)  # (W, B, w)
-
-
-def _row_bias(base: Tensor, cond: Tensor | None, i: int, n: int, width: int) -> Tensor:
-    """``base`` ``(w,)`` or ``(W, B, w)`` plus row ``i`` of ``cond``: contiguous ``(W, B, w)``."""
-    row = base.expand(width, n, base.shape[-1])
-    c = _cond_row(cond, i, width)
-    return (row if c is None else row + c).contiguous()
+    return wrapper  # type: ignore[return-value]
 
 
 class _InputConv:
-    """The mask-A input convolution at one pixel, over a zero-padded scaled image."""
+    """The mask-A input convolution pixel by pixel, over the scaled image (``RowConv``)."""
 
     def __init__(self, model: PixelRNN, x: Tensor) -> None:
-        conv = model.input_conv
-        kh, kw = conv.kernel_size
-        self.ph, self.pw = kh // 2, kw // 2
-        w = _masked(conv)[:, :, : self.ph + 1]  # (F, C, ph+1, kw): rows below are masked
-        self.w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).t()  # ((ph+1)*kw*C, F)
-        self.b = _bias(conv, w.shape[0], w)
-        self.scale = model.scale
-        b, c, h, width = x.shape
-        # (B, H + ph, W + 2 pw, C): zero padding above, left and right (as conv2d's).
-        self.xs = x.new_zeros(b, h + self.ph, width + 2 * self.pw, c, dtype=w.dtype)
-        self.xs[:, self.ph :, self.pw : self.pw + width] = self.scale(x).permute(0, 2, 3, 1)
-
-    def put(self, i: int, j: int, c: int, value: Tensor) -> None:
-        self.xs[:, i + self.ph, j + self.pw, c] = self.scale(value)
-
-    def pixel(self, i: int, j: int) -> Tensor:
-        window = self.xs[:, i : i + self.ph + 1, j : j + 2 * self.pw + 1]  # (B, ph+1, kw, C)
-        return torch.addmm(self.b, window.reshape(window.shape[0], -1), self.w)  # (B, F)
-
-
-class _RowLSTMCache:
-    """Row LSTM layer at one pixel; per-row state-to-state term (section 3.1)."""
-
-    def __init__(self, layer: RowLSTM, cond: Tensor | None, n: int, height: int, width: int):
-        self.layer, self.cond, self.n, self.width = layer, cond, n, width
-        kw = layer.i2s.kernel_size[1]
-        self.p = kw // 2
-        w = _masked(layer.i2s)[:, :, 0, : self.p + 1]  # (4h, F, p+1): columns j-p .. j
-        self.w_i2s = w.permute(0, 2, 1).reshape(w.shape[0], -1).t()  # ((p+1)*F, 4h)
-        self.b_i2s = _bias(layer.i2s, w.shape[0], w)
-        self.w_out, self.b_out = _pointwise(layer.out)
-        hidden, features = layer.hidden, w.shape[1]
-        self.zrow = w.new_zeros(n, width + self.p, features)  # layer input, left zero padding
-        self.h_prev = w.new_zeros(width, n, hidden)  # (W, B, h) previous row
-        self.c_prev = w.new_zeros(width, n, hidden)
-        self.h_cur = torch.empty_like(self.h_prev)
-        self.c_cur = torch.empty_like(self.c_prev)
-        self.gate_bias = w.new_zeros(width, n, w.shape[0])
+        n, channels, height, width = x.shape
+        self.conv = RowConv(model.input_conv, None, n, height, width)
+        self.channels, self.ph, self.pw = channels, self.conv.ph, self.conv.pw
+        # Every level scaled as model.scale scales it: put() looks the value up.
+        self.table = model.scale(torch.arange(model.config.levels, device=x.device))  # (L,)
+        cache = self.conv.cache  # (B, H + ph, W + 2pw, C)
+        cache[:, self.ph :, self.pw : self.pw + width] = model.scale(x).permute(0, 2, 3, 1)
+        # [c][j]: (B,) scaled level of sub-pixel (c, i, j) of the current row
+        self.slots = [self.conv.row[:, self.pw :, c].unbind(1) for c in range(channels)]
 
     def start_row(self, i: int) -> None:
-        s2s = self.layer.s2s(self.h_prev.permute(1, 2, 0))  # (B, 4h, W) from row i-1
-        base = s2s.permute(2, 0, 1) + self.b_i2s  # (W, B, 4h)
-        self.gate_bias = _row_bias(base, self.cond, i, self.n, self.width)
+        self.conv.start_row(i, load=True)  # known levels of row i, from x
 
-    def pixel(self, i: int, j: int, z: Tensor) -> Tensor:
-        p = self.p
-        self.zrow[:, j + p] = z
-        window = self.zrow[:, j : j + p + 1].reshape(self.n, -1)  # (B, (p+1)*F), a view
-        gates = torch.addmm(self.gate_bias[j], window, self.w_i2s)  # (B, 4h)
-        h, c = lstm_update(gates, self.c_prev[j])  # (B, h) each
-        self.h_cur[j], self.c_cur[j] = h, c
-        return z + torch.addmm(self.b_out, h, self.w_out)  # (B, F) residual
+    def put(self, i: int, j: int, c: int, value: Tensor, row: int) -> None:
+        """Write the scaled ``value`` ``(B,)`` of sub-pixel ``(c, i, j)``; ``row``: current row."""
+        if i == row:
+            torch.index_select(self.table, 0, value, out=self.slots[c][j])
+        else:
+            self.conv.cache[:, i + self.ph, j + self.pw, c] = self.table[value]
 
     def end_row(self, i: int) -> None:
-        self.h_prev, self.h_cur = self.h_cur, self.h_prev
-        self.c_prev, self.c_cur = self.c_cur, self.c_prev
+        self.conv.end_row(i)
 
-
-class _DiagonalCache:
-    """Diagonal BiLSTM at one pixel (left to right); right to left once per row (3.2)."""
-
-    def __init__(
-        self, layer: DiagonalBiLSTM, cond: Tensor | None, n: int, height: int, width: int
-    ) -> None:
-        self.layer, self.n, self.height, self.width = layer, n, height, width
-        self.cond_l2r, self.cond_r2l = layer.split_cond(cond)
-        l2r, r2l = layer.l2r, layer.r2l
-        w_i2s = _masked(l2r.i2s)[:, :, 0, 0]  # (4h, F)
-        w_s2s = l2r.s2s.weight.detach()  # (4h, h, 2): [..., 0] from above, [..., 1] from the side
-        # One matmul per pixel: [z | h(i-1, j) | h(i, j-1)] -> gates.
-        self.w_l2r = torch.cat([w_i2s, w_s2s[:, :, 0], w_s2s[:, :, 1]], dim=1).t()
-        self.b_l2r = _bias(l2r.i2s, w_i2s.shape[0], w_i2s) + _bias(l2r.s2s, w_i2s.shape[0], w_i2s)
-        w_i2s_r = _masked(r2l.i2s)[:, :, 0, 0]
-        w_s2s_r = r2l.s2s.weight.detach()
-        self.w_i2s_r = w_i2s_r.t()  # (F, 4h)
-        self.w_s2s_r = torch.cat([w_s2s_r[:, :, 0], w_s2s_r[:, :, 1]], dim=1).t()  # (2h, 4h)
-        self.b_i2s_r = _bias(r2l.i2s, w_i2s_r.shape[0], w_i2s_r)
-        self.b_s2s_r = _bias(r2l.s2s, w_i2s_r.shape[0], w_i2s_r)
-        self.w_out, self.b_out = _pointwise(layer.out)
-        hidden, features = layer.hidden, w_i2s.shape[1]
-        self.zrow = w_i2s.new_zeros(width, n, features)  # this row's layer input
-        self.h_up = w_i2s.new_zeros(width, n, hidden)  # left-to-right h of row i-1
-        # This row's left-to-right state; index j+1 holds (i, j), index 0 the zero state.
-        self.h_row = w_i2s.new_zeros(width + 1, n, hidden)
-        self.c_row = w_i2s.new_zeros(width + 1, n, hidden)
-        self.r2l_prev = w_i2s.new_zeros(width, n, hidden)  # right-to-left h of row i-1
-        self.gate_bias = w_i2s.new_zeros(width, n, w_i2s.shape[0])
-
-    def start_row(self, i: int) -> None:
-        self.gate_bias = _row_bias(self.b_l2r, self.cond_l2r, i, self.n, self.width)
-
-    def pixel(self, i: int, j: int, z: Tensor) -> Tensor:
-        self.zrow[j] = z
-        inp = torch.cat([z, self.h_up[j], self.h_row[j]], dim=1)  # (B, F + 2h)
-        gates = torch.addmm(self.gate_bias[j], inp, self.w_l2r)  # (B, 4h)
-        h, c = lstm_update(gates, self.c_row[j])  # cell state from (i, j - 1)
-        self.h_row[j + 1], self.c_row[j + 1] = h, c
-        h = h + self.r2l_prev[j]  # combine: right-to-left shifted down one row
-        return z + torch.addmm(self.b_out, h, self.w_out)  # (B, F) residual
-
-    def end_row(self, i: int) -> None:
-        self.h_up = self.h_row[1:].clone()
-        if i + 1 >= self.height:
-            return  # the last row's right-to-left pass reaches no pixel
-        # Right to left along the completed row i, from its layer input (final now).
-        gates_in = torch.matmul(self.zrow, self.w_i2s_r) + self.b_i2s_r  # (W, B, 4h)
-        cond = _cond_row(self.cond_r2l, i, self.width)
-        if cond is not None:
-            gates_in = gates_in + cond
-        out = torch.empty_like(self.r2l_prev)
-        h = c = self.r2l_prev.new_zeros(self.n, self.layer.hidden)  # state right of the row
-        for j in range(self.width - 1, -1, -1):
-            s2s = torch.addmm(self.b_s2s_r, torch.cat([self.r2l_prev[j], h], dim=1), self.w_s2s_r)
-            h, c = lstm_update(gates_in[j] + s2s, c)
-            out[j] = h
-        self.r2l_prev = out
-
-
-class _PixelCNNCache:
-    """PixelCNN block at one pixel, from cached inner activations (section 3.3)."""
-
-    def __init__(
-        self, block: PixelCNNBlock, cond: Tensor | None, n: int, height: int, width: int
-    ) -> None:
-        self.block, self.cond, self.n, self.width = block, cond, n, width
-        kh, kw = block.conv.kernel_size
-        self.ph, self.pw = kh // 2, kw // 2
-        w = _masked(block.conv)[:, :, : self.ph + 1]  # (h, h, ph+1, kw): rows below masked
-        self.w_conv = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).t()  # ((ph+1)*kw*h, h)
-        self.b_conv = _bias(block.conv, w.shape[0], w)
-        self.w_reduce, self.b_reduce = _pointwise(block.reduce)
-        self.w_expand, self.b_expand = _pointwise(block.expand)
-        # (B, H + ph, W + 2 pw, h): inner activations with the conv's zero padding.
-        self.a = w.new_zeros(n, height + self.ph, width + 2 * self.pw, w.shape[1])
-        self.row_bias = w.new_zeros(width, n, w.shape[0])
-
-    def start_row(self, i: int) -> None:
-        self.row_bias = _row_bias(self.b_conv, self.cond, i, self.n, self.width)
-
-    def pixel(self, i: int, j: int, z: Tensor) -> Tensor:
-        blk = self.block
-        a = blk.act_mid(torch.addmm(self.b_reduce, blk.act_in(z), self.w_reduce))  # (B, h)
-        self.a[:, i + self.ph, j + self.pw] = a
-        window = self.a[:, i : i + self.ph + 1, j : j + 2 * self.pw + 1]  # (B, ph+1, kw, h)
-        inner = torch.addmm(self.row_bias[j], window.reshape(self.n, -1), self.w_conv)
-        return z + torch.addmm(self.b_expand, blk.act_out(inner), self.w_expand)  # (B, F)
-
-    def end_row(self, i: int) -> None:
-        pass
-
-
-_Cache = _RowLSTMCache | _DiagonalCache | _PixelCNNCache
-
-
-def _layer_cache(layer: nn.Module, cond: Tensor | None, n: int, height: int, width: int) -> _Cache:
-    if isinstance(layer, RowLSTM):
-        return _RowLSTMCache(layer, cond, n, height, width)
-    if isinstance(layer, DiagonalBiLSTM):
-        return _DiagonalCache(layer, cond, n, height, width)
-    if isinstance(layer, PixelCNNBlock):
-        return _PixelCNNCache(layer, cond, n, height, width)
-    raise TypeError(f"no cached implementation of layer type {type(layer).__name__}")
+    def at(self, j: int, out: Tensor) -> None:
+        """The input conv at ``(i, j)`` into ``out`` ``(B, F)`` (the first layer's input)."""
+        self.conv.at(j, out)
 
 
 def _is_pointwise(module: nn.Module) -> bool:
     return isinstance(module, MaskedConv2d) and module.kernel_size == (1, 1)
+
+
+def _relu_block(layer: nn.Module) -> bool:
+    """A PixelCNN block's activations are the ReLUs the cached block computes."""
+    if not isinstance(layer, PixelCNNBlock):
+        return True
+    return all(isinstance(a, nn.ReLU) for a in (layer.act_in, layer.act_mid, layer.act_out))
 
 
 class CachedSampler:
@@ -282,6 +145,8 @@ class CachedSampler:
         x: ``(B, C, H, W)`` integer levels: the initial image (zeros, or known levels).
             Written in place by :meth:`put`.
         labels, source: the conditioning inputs, as for ``model(x, labels, source)``.
+        timings: optional dict; :meth:`steps` then adds the wall time of each of
+            :data:`PHASES` to it (instrumented mode, a little slower).
 
     Example:
         >>> from rnnexp.models import GeneratorConfig, PixelRNN
@@ -300,6 +165,7 @@ class CachedSampler:
         x: Tensor,
         labels: Tensor | None = None,
         source: Tensor | None = None,
+        timings: dict[str, float] | None = None,
     ) -> None:
         if not self.supports(model):
             raise TypeError(f"CachedSampler does not support {type(model).__name__}")
@@ -307,24 +173,28 @@ class CachedSampler:
             raise ValueError(
                 f"x must have shape (B, {model.config.channels}, H, W), got {tuple(x.shape)}"
             )
-        n, _, height, width = x.shape
-        self.model = model
-        self.x = x
-        self.levels = model.config.levels
+        n, channels, height, width = x.shape
+        self.model, self.x, self.timings = model, x, timings
+        self._row = -1  # the row steps() is in
+        self._row_threads = torch.get_num_threads()  # for the per-row products (steps())
+        self._x_slots: list[Sequence[Tensor]] = []  # [c][j]: x[:, c, row, j]
         with torch.no_grad():
             biases = model.cond_biases(n, height, width, labels, source)
             self._input = _InputConv(model, x)
-            self._layers = [
-                _layer_cache(layer, None if b is None else b.detach(), n, height, width)
-                for layer, b in zip(model.layers, biases, strict=True)
-            ]
-        self._act1, self._act2 = model.head[0], model.head[2]
-        self._w1, self._b1 = _pointwise(model.head[1])
-        w2, b2 = _pointwise(model.head[3])  # (head_hidden, C*L), (C*L,)
-        levels = self.levels
-        # Only channel c's rows of the last 1x1 conv are needed for channel c's logits.
-        self._w2 = [w2[:, c * levels : (c + 1) * levels] for c in range(model.config.channels)]
-        self._b2 = [b2[c * levels : (c + 1) * levels] for c in range(model.config.channels)]
+            conds = [None if b is None else b.detach() for b in biases]
+            self._layers, self._passes = layer_caches(list(model.layers), conds, n, height, width)
+            self._w1, self._b1 = pointwise(model.head[1])  # (F, head_hidden)
+            w2, b2 = pointwise(model.head[3])  # (head_hidden, C*L), (C*L,)
+        self._layers[-1].out_mm = OUT_RELU  # _top holds ReLU(top features): the head's input
+        levels = model.config.levels
+        # Only channel c's columns of the last 1x1 conv are needed for channel c's logits.
+        self._w2 = [w2[:, c * levels : (c + 1) * levels] for c in range(channels)]
+        self._b2 = [b2[c * levels : (c + 1) * levels] for c in range(channels)]
+        self._top = self._w1.new_zeros(n, self._w1.shape[0])  # ReLU(last layer's output)
+        self._hidden = self._w1.new_zeros(n, self._w1.shape[1])  # (B, head_hidden)
+        # Where each layer writes its output at column j: the next layer's input slot.
+        self._first = self._layers[0].slots
+        self._outs = [nxt.slots for nxt in self._layers[1:]] + [[self._top] * width]
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -335,27 +205,51 @@ class CachedSampler:
         return (
             isinstance(head, nn.Sequential)
             and len(head) == 4
+            and isinstance(head[0], nn.ReLU)
+            and isinstance(head[2], nn.ReLU)
             and _is_pointwise(head[1])
             and _is_pointwise(head[3])
             and all(isinstance(layer, CACHED_LAYERS) for layer in model.layers)
+            and all(_relu_block(layer) for layer in model.layers)
         )
 
     def put(self, i: int, j: int, c: int, value: Tensor) -> None:
         """Set sub-pixel ``(c, i, j)`` of every image to ``value`` ``(B,)`` (integer levels)."""
-        self.x[:, c, i, j] = value
-        self._input.put(i, j, c, value)
+        if i == self._row:
+            self._x_slots[c][j].copy_(value)
+        else:
+            self.x[:, c, i, j] = value
+        self._input.put(i, j, c, value, self._row)
 
-    def _column(self, i: int, j: int) -> Tensor:
-        """Every layer at pixel ``(i, j)`` from the image so far: top features ``(B, F)``."""
-        z = self._input.pixel(i, j)
+    def _start_row(self, i: int) -> None:
+        self._row = i
+        self._x_slots = [self.x[:, c, i].unbind(1) for c in range(self.x.shape[1])]
+        self._input.start_row(i)
         for layer in self._layers:
-            z = layer.pixel(i, j, z)
-        return z
+            layer.start_row(i)
 
-    def _logits(self, z: Tensor, c: int) -> Tensor:
-        """Head at one pixel: logits ``(B, L)`` of channel ``c``."""
-        hidden = self._act2(torch.addmm(self._b1, self._act1(z), self._w1))
-        return torch.addmm(self._b2[c], hidden, self._w2[c])
+    def _end_row(self, i: int) -> None:
+        self._input.end_row(i)
+        for layer in self._layers:
+            layer.end_row(i)
+        for row_pass in self._passes:
+            row_pass.end_row(i)
+
+    def _input_at(self, j: int) -> None:
+        self._input.at(j, self._first[j])
+
+    def _layers_at(self, j: int) -> None:
+        """Every layer at pixel ``(i, j)``; ReLU of the top features lands in ``_top``."""
+        for layer, outs in zip(self._layers, self._outs, strict=True):
+            layer.pixel(j, outs[j])
+
+    def _logits(self, c: int) -> Tensor:
+        """Head at one pixel: logits ``(B, L)`` of channel ``c`` (a new tensor).
+
+        Its first ReLU is the last layer's (``OUT_RELU``).
+        """
+        torch._addmm_activation(self._b1, self._top, self._w1, out=self._hidden)  # ReLU
+        return torch.addmm(self._b2[c], self._hidden, self._w2[c])
 
     @torch.no_grad()
     def steps(
@@ -370,24 +264,52 @@ class CachedSampler:
 
         Yields:
             ``i, j, c`` and the logits ``(B, L)`` of channel ``c`` at ``(i, j)``.
+
+        On the CPU the walk sets torch to one thread (also for the caller's code
+        between two steps) and restores the setting when it ends or is closed.
         """
         if isinstance(skip, Tensor):
             skip = skip.tolist()
         channels, height, width = self.x.shape[1:]
-        for i in range(height):
-            for layer in self._layers:
-                layer.start_row(i)
-            for j in range(width):
-                for c in range(channels):
-                    known = skip is not None and bool(skip[c][i][j])
-                    if known and c < channels - 1:
-                        continue
-                    # The last channel's column is the pixel's final state: always computed.
-                    z = self._column(i, j)
-                    if not known:
-                        yield i, j, c, self._logits(z, c)
-            for layer in self._layers:
-                layer.end_row(i)
+        device, t = self.x.device, self.timings
+        rows = timed(t, "rows", self._rows, device)
+        input_at = timed(t, "input", self._input_at, device)
+        layers_at = timed(t, "layers", self._layers_at, device)
+        logits = timed(t, "head", self._logits, device)
+        # On the CPU, per-pixel work on one thread: its products are B rows long, too
+        # small to share (a second thread only adds waiting, 100x on a loaded machine);
+        # the per-row products (B*W rows) on the threads set when the walk starts.
+        self._row_threads = row_threads = torch.get_num_threads()
+        torch.set_num_threads(1 if device.type == "cpu" else row_threads)
+        try:
+            for i in range(height):
+                rows(i - 1, i)
+                for j in range(width):
+                    for c in range(channels):
+                        known = skip is not None and bool(skip[c][i][j])
+                        if known and c < channels - 1:
+                            continue
+                        # The last channel's column is the pixel's final state: always computed.
+                        input_at(j)
+                        layers_at(j)
+                        if not known:
+                            yield i, j, c, logits(c)
+            rows(height - 1, height)
+        finally:
+            self._row = -1
+            torch.set_num_threads(row_threads)
+
+    def _rows(self, done: int, start: int) -> None:
+        """End row ``done`` and start row ``start`` (either may be outside the image)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self._row_threads)
+        try:
+            if done >= 0:
+                self._end_row(done)
+            if start < self.x.shape[2]:
+                self._start_row(start)
+        finally:
+            torch.set_num_threads(threads)
 
 
-__all__ = ["CACHED_LAYERS", "CachedSampler"]
+__all__ = ["CACHED_LAYERS", "PHASES", "CachedSampler", "timed"]

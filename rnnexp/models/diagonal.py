@@ -237,10 +237,11 @@ def diagonal_scan(gates: Tensor, weight: Tensor, sizes: tuple[int, ...], height:
         a pixel outside the image is zero; the cell update is
         :func:`~rnnexp.models.lstm_cell.lstm_cell`'s.
     """
-    # In float32 with autocast off: the scan writes products into buffers in place,
-    # which autocast (bf16-mixed, 16-mixed) would cast to another dtype than theirs.
+    # At least float32, with autocast off: the scan writes products into buffers in
+    # place, which autocast (bf16-mixed, 16-mixed) would cast to another dtype.
+    dtype = torch.promote_types(gates.dtype, torch.float32)
     with torch.autocast(gates.device.type, enabled=False):
-        return _DiagonalScan.apply(gates.float().contiguous(), weight.float(), sizes, height)
+        return _DiagonalScan.apply(gates.to(dtype).contiguous(), weight.to(dtype), sizes, height)
 
 
 def shift_down(x: Tensor) -> Tensor:
