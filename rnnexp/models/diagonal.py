@@ -276,14 +276,9 @@ class DiagonalLSTM(nn.Module):
         )
         self.s2s = nn.Conv1d(hidden, 4 * hidden, kernel_size=2)
 
-    def input_to_state(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Gates ``(B, F, H, W) -> (B, 4h, H, W)`` with both biases, plus ``cond`` if given.
-
-        The state-to-state bias is included here, once per pixel, rather than in the
-        recurrence (see :func:`diagonal_scan`).
-        """
-        gates = self.i2s(x) + self.s2s.bias[:, None, None]  # (B, 4h, H, W)
-        return gates if cond is None else gates + cond
+    def i2s_matrix(self) -> Tensor:
+        """The masked 1x1 input-to-state kernel as a matrix ``(F, 4h)``."""
+        return (self.i2s.weight * self.i2s.mask)[:, :, 0, 0].t()
 
 
 class DiagonalBiLSTM(nn.Module):
@@ -348,7 +343,7 @@ class DiagonalBiLSTM(nn.Module):
         xs = x.flatten(2).permute(2, 0, 1).expand(2, -1, -1, -1)  # (2, H*W, B, F)
         xs = _Reorder.apply(xs, index, inverse)
         # Input-to-state, a masked 1x1 convolution = one matmul, with both biases.
-        weight = torch.stack([self._i2s_weight(lstm) for lstm in (self.l2r, self.r2l)])
+        weight = torch.stack([lstm.i2s_matrix() for lstm in (self.l2r, self.r2l)])
         bias = torch.stack([lstm.i2s.bias + lstm.s2s.bias for lstm in (self.l2r, self.r2l)])
         gates = torch.bmm(xs.reshape(2, -1, features), weight).add_(bias[:, None])
         gates = gates.view(2, height * width, b, -1)  # (2, H*W, B, 4h)
@@ -371,11 +366,6 @@ class DiagonalBiLSTM(nn.Module):
         index = torch.stack([order, flipped])  # (2, H*W)
         inverse = torch.argsort(index, dim=1)
         return index.to(device), inverse.to(device), sizes
-
-    @staticmethod
-    def _i2s_weight(lstm: DiagonalLSTM) -> Tensor:
-        """The masked 1x1 input-to-state kernel as a matrix ``(F, 4h)``."""
-        return (lstm.i2s.weight * lstm.i2s.mask)[:, :, 0, 0].t()
 
     def _cond_by_diagonal(self, cond: Tensor, b: int, index: Tensor, inverse: Tensor) -> Tensor:
         """The ``[l2r | r2l]`` conditioning bias in the gates' layout ``(2, H*W or 1, B, 4h)``."""
