@@ -24,7 +24,7 @@ from rnnexp.config import load_params
 from rnnexp.errors import RnnexpError
 
 STAGES = ("fetch", "prepare", "tune", "classifier", "train", "evaluate")
-COMMANDS = ("sample", "complete", "compare", "doctor", "server", "dashboard", "replay")
+COMMANDS = ("sample", "complete", "compare", "doctor", "server", "dashboard", "serve", "replay")
 
 
 def _module(command: str) -> str:
@@ -147,6 +147,18 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("dashboard", "run optuna-dashboard on the tune stage's study storage (tune.storage)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
+    p = stage("serve", "serve a logged generator over HTTP (mlflow models serve)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>, "
+        "runs:/<run id> or a run id; default models:/<registered model>@champion",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--timeout", type=int, default=60, help="seconds a request may take")
     p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     help_text = "send mlflow-undelivered/*.json to the MLflow store once it is back"
     p = sub.add_parser("replay", help=help_text, description=help_text + ", exactly once")

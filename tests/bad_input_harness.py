@@ -73,6 +73,7 @@ CASE_MODULES: dict[str, set[str] | None] = {
     "test_bad_input_train": {"tune", "train", "classifier"},
     "test_bad_input_evaluate": {"evaluate", "sample", "complete"},
     "test_bad_input_store": None,
+    "test_bad_input_serve": {"serve"},
 }
 P = "params.yaml"  # short names for the case tables' words
 CKPT = "models/best.ckpt"

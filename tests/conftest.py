@@ -103,6 +103,40 @@ def trained(tmp_path_factory, prepared_dir, mlflow_uri, tiny_params):
     return result, params
 
 
+@pytest.fixture(scope="module")
+def checkpoint(trained):
+    return trained[0].best_checkpoint
+
+
+@pytest.fixture
+def model_run(store, trained, checkpoint):
+    """``model_run(data_hash)``: a finished run with a logged generator model; its handle."""
+    from rnnexp.tracking import RunHandle, tracked_run
+    from rnnexp.training.checkpoint import load_checkpoint
+
+    params = trained[1]
+    loaded = load_checkpoint(checkpoint)
+    c = loaded.generator.config
+    metadata = {
+        "arch": c.arch,
+        "levels": c.levels,
+        "image_shape": list(loaded.image_shape),
+        "num_classes": c.num_classes,
+        "source_channels": c.source_channels,
+        "task": "unconditional",
+    }
+
+    def make(data_hash: str, with_model: bool = True) -> RunHandle:
+        with tracked_run(
+            params, "train", tags={"rnnexp.data_hash": data_hash, "rnnexp.arch": c.arch}
+        ) as run:
+            if with_model:
+                assert run.log_generator_model(checkpoint, metadata) is not None
+        return RunHandle(store, run.run_id, run.experiment_id)
+
+    return make
+
+
 POSTGRES_URL = "postgresql+psycopg://rnnexp:rnnexp@127.0.0.1:5432/rnnexp"
 
 

@@ -157,7 +157,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cmd: list[str], log: Path, url: str, env=None) -> subprocess.Popen:
+def start_server(
+    cmd: list[str], log: Path, url: str, env=None, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start an HTTP server process in its own process group; wait for ``url``/health.
 
     Raises AssertionError with the log's tail if it exits or does not answer within
@@ -165,7 +167,7 @@ def start_server(cmd: list[str], log: Path, url: str, env=None) -> subprocess.Po
     """
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd
         )
     deadline = time.monotonic() + SERVER_START_S
     while True:

@@ -72,7 +72,7 @@ STORE_CASES: list[Case] = [
             ("MLFLOW_TRACKING_URI", REFUSED, "does not answer", "Connection refused"),
             env=store_env(REFUSED),
         )
-        for stage in (*STAGES, "compare")
+        for stage in (*STAGES, "compare", "serve")
     ),
     Case(
         "store-host-unresolvable-train",

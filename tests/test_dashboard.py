@@ -20,7 +20,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from rnnexp import cli
-from rnnexp.commands import dashboard
+from rnnexp.util import servers
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 STUDY = "dashboard-toy"
@@ -29,14 +29,14 @@ START_S = 120  # a busy 2-core machine: the dashboard answers in ~3 s, allow far
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
-    """A workspace root (it holds dvc.yaml) as the cwd; os.execv must not be reached."""
+    """A workspace root (it holds dvc.yaml) as the cwd; os.execve must not be reached."""
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(tmp_path)
 
     def no_exec(*args):
         raise AssertionError(f"the dashboard was started: {args}")
 
-    monkeypatch.setattr(dashboard.os, "execv", no_exec)
+    monkeypatch.setattr(servers.os, "execve", no_exec)
     return tmp_path
 
 

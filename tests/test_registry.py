@@ -1,9 +1,9 @@
 """The registry champion: a worse model never takes ``champion``, a better one does.
 
-Each model is a run with a logged generator model (the ``trained`` fixture's best
-checkpoint, logged again per run), registered with a given test NLL through
-``RunHandle.register_champion``; the aliases are read back through MlflowClient, and
-the champion is loaded by ``models:/<name>@champion`` and asked for images.
+Each model is a run with a logged generator model (conftest's ``model_run``: the
+``trained`` fixture's best checkpoint, logged again per run), registered with a given
+test NLL through ``RunHandle.register_champion``; the aliases are read back through
+MlflowClient, and the champion is loaded by ``models:/<name>@champion`` and asked for images.
 """
 
 from __future__ import annotations
@@ -20,41 +20,9 @@ from mlflow.exceptions import MlflowException
 
 from rnnexp.cli import main
 from rnnexp.errors import RnnexpError
-from rnnexp.tracking import RunHandle, tracked_run
-from rnnexp.training.checkpoint import load_checkpoint
+from rnnexp.tracking import RunHandle
 
 HASH_A, HASH_B = "a" * 64, "b" * 64
-
-
-@pytest.fixture(scope="module")
-def checkpoint(trained):
-    return trained[0].best_checkpoint
-
-
-@pytest.fixture
-def model_run(store, trained, checkpoint):
-    """``model_run(data_hash)``: a finished run with a logged generator model; its handle."""
-    params = trained[1]
-    loaded = load_checkpoint(checkpoint)
-    c = loaded.generator.config
-    metadata = {
-        "arch": c.arch,
-        "levels": c.levels,
-        "image_shape": list(loaded.image_shape),
-        "num_classes": c.num_classes,
-        "source_channels": c.source_channels,
-        "task": "unconditional",
-    }
-
-    def make(data_hash: str, with_model: bool = True) -> RunHandle:
-        with tracked_run(
-            params, "train", tags={"rnnexp.data_hash": data_hash, "rnnexp.arch": c.arch}
-        ) as run:
-            if with_model:
-                assert run.log_generator_model(checkpoint, metadata) is not None
-        return RunHandle(store, run.run_id, run.experiment_id)
-
-    return make
 
 
 def register(run: RunHandle, name: str, nll: float) -> str:

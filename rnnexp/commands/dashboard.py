@@ -20,10 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import errno
-import os
 import shlex
-import socket
 import sqlite3
 import sys
 from contextlib import closing
@@ -34,6 +31,7 @@ from typing import Any
 
 from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
+from rnnexp.util.servers import become_server, check_address, check_host_port
 
 SCRIPT = "optuna-dashboard"  # the console script of the optuna-dashboard package
 SQLITE = "sqlite:///"
@@ -158,24 +156,9 @@ def dashboard_command(options: DashboardOptions, check: bool = True) -> list[str
     Checks the port range and that a SQLite or journal storage exists (``check``: that a
     server database answers too). Raises :class:`RnnexpError` on bad options.
     """
-    if not 1 <= options.port <= 65535:
-        raise RnnexpError(f"--port must lie in 1..65535, got {options.port}")
-    if not options.host:
-        raise RnnexpError("--host must not be empty")
+    check_host_port(options.host, options.port)
     storage = _storage_args(options.storage, connect=check)
     return _script_argv() + storage + ["--host", options.host, "--port", str(options.port)]
-
-
-def _check_port(host: str, port: int) -> None:
-    """Something can bind ``host:port`` now (as the dashboard's server will)."""
-    try:
-        socket.create_server((host, port)).close()  # SO_REUSEADDR, as servers bind
-    except OSError as exc:
-        in_use = exc.errno == errno.EADDRINUSE
-        why = "is in use" if in_use else f"cannot be bound: {exc.strerror or exc}"
-        raise RnnexpError(
-            f"--host {host} --port {port}: the address {why}; choose another --port"
-        ) from None
 
 
 def run_dashboard(options: DashboardOptions, dry_run: bool = False) -> int:
@@ -184,12 +167,9 @@ def run_dashboard(options: DashboardOptions, dry_run: bool = False) -> int:
     if dry_run:
         print(shlex.join(cmd))
         return 0
-    _check_port(options.host, options.port)
+    check_address(options.host, options.port)
     where = f"http://{options.host}:{options.port}/"
-    print(f"dashboard: optuna-dashboard at {where} on {_shown(options.storage)}")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, cmd)  # signals now reach the dashboard directly
+    become_server(cmd, f"dashboard: optuna-dashboard at {where} on {_shown(options.storage)}")
     return 0  # not reached
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
 from rnnexp.util.atomic import atomic_write_text
+from rnnexp.util.servers import become_server, check_host_port
 
 BACKEND_DB = "mlflow-server.db"
 ARTIFACTS = "artifacts"
@@ -57,8 +58,7 @@ class ServerOptions:
 
 
 def _check(options: ServerOptions) -> None:
-    if not 1 <= options.port <= 65535:
-        raise RnnexpError(f"--port must lie in 1..65535, got {options.port}")
+    check_host_port(options.host, options.port)
     if options.workers < 1:
         raise RnnexpError(f"--workers must be at least 1, got {options.workers}")
     uri = options.backend_store_uri
@@ -138,9 +138,8 @@ def run_server(options: ServerOptions, dry_run: bool = False) -> int:
     if dry_run:
         print(" ".join(cmd))
         return 0
-    print(f"server: MLflow tracking server at {where}; clients: MLFLOW_TRACKING_URI={where}")
-    sys.stdout.flush()
-    os.execve(sys.executable, cmd, env)  # signals now reach mlflow directly
+    banner = f"server: MLflow tracking server at {where}; clients: MLFLOW_TRACKING_URI={where}"
+    become_server(cmd, banner, env)
     return 0  # not reached
 
 

@@ -9,6 +9,8 @@ Public API (``__all__``; import only these, from ``rnnexp.tracking``):
 - :func:`killed_run_to_continue`: the run a rerun of a killed training continues.
 - :func:`find_runs`: runs as plain dicts, for ``rnnexp compare``.
 - :func:`tracking_uri`: the store in use; :func:`probe_store`: does it take writes.
+- :func:`find_served_model`: the logged generator a model reference names
+  (``rnnexp serve``), checked before MLflow's scoring server starts.
 - :func:`replay_undelivered`: send ``mlflow-undelivered/*.json`` once the store is
   back (``rnnexp replay``), each item exactly once.
 - :class:`TrackingError`: the store could not be reached (an :class:`RnnexpError`).
@@ -40,6 +42,8 @@ Private modules, one job each (import them only from this package and its tests)
 - ``_pyfunc``: the generator as an MLflow ``pyfunc`` LoggedModel (``predict`` makes
   images); loading it needs rnnexp and torch only.
 - ``_registry``: registering a logged model; the ``champion`` / ``challenger`` rule.
+- ``_serving``: from a model reference (registry alias or version, model id, run) to
+  the logged generator it names, or a message saying what is missing.
 
 Warnings (the store unreachable, logging kept or not delivered) go to the standard
 ``logging`` loggers ``rnnexp.tracking.*``.
@@ -54,6 +58,7 @@ from rnnexp.tracking._queries import find_runs
 from rnnexp.tracking._replay import replay_undelivered
 from rnnexp.tracking._resume import killed_run_to_continue
 from rnnexp.tracking._runs import open_existing_run, tracked_run
+from rnnexp.tracking._serving import ServedModel, find_served_model
 from rnnexp.tracking._store import TrackingError, probe_store, tracking_uri
 
 if TYPE_CHECKING:
@@ -63,8 +68,10 @@ __all__ = [
     "MlflowRunLogger",
     "NullRunHandle",
     "RunHandle",
+    "ServedModel",
     "TrackingError",
     "find_runs",
+    "find_served_model",
     "killed_run_to_continue",
     "open_existing_run",
     "probe_store",
