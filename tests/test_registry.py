@@ -53,6 +53,9 @@ def test_worse_model_never_takes_champion_and_better_one_does(store, model_run):
     assert version.tags["rnnexp.test_nll_nats"] == "90.0"
     assert version.tags["rnnexp.arch"] == "row_lstm"
     better_model = store.get_run(better.run_id).data.tags["rnnexp.model_id"]
+    # the model lies in its run's experiment (whose Models tab lists it), from that run
+    logged = store.get_logged_model(better_model)
+    assert (logged.experiment_id, logged.source_run_id) == (better.experiment_id, better.run_id)
     assert better_model in version.source, version.source
     # the test metrics are linked to the logged model (the UI's Models tab)
     linked = {m.key: m.value for m in store.get_logged_model(better_model).metrics}

@@ -174,12 +174,24 @@ def log_generator_model(
     import torch
 
     signature, example = signature_and_example(metadata)
+    # The model is created here, in the run's experiment: Model.log would put it in
+    # the global (default) experiment, as our runs are not fluent-active, and the
+    # experiment's Models tab would not list it.
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        tags={"rnnexp.arch": str(metadata.get("arch")), "rnnexp.task": metadata.get("task")},
+        params=dict(run.data.params),
+    )
     with global_store(client.tracking_uri):
         info = Model.log(
             None,  # artifact_path: deprecated, but still positional
             name=MODEL_NAME,
             flavor=mlflow.pyfunc,
             run_id=run_id,
+            model_id=model.model_id,
             python_model=GeneratorModel(),
             artifacts={"checkpoint": str(checkpoint)},
             signature=signature,
@@ -190,7 +202,6 @@ def log_generator_model(
                 "rnnexp",
             ],
             metadata={"rnnexp": metadata},
-            tags={"rnnexp.arch": str(metadata.get("arch")), "rnnexp.task": metadata.get("task")},
         )
     client.set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return info.model_id
