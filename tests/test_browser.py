@@ -385,3 +385,24 @@ def test_registered_model_page_shows_champion_on_the_better_version(
         assert row_box["y"] <= _center_y(alias_box) <= row_box["y"] + row_box["height"]
         assert abs(_center_y(_box(exp_page, f"Version {version}")) - _center_y(alias_box)) < 5
     _screenshot(exp_page, artifacts / "registered-model.png")
+
+
+def test_models_tab_lists_each_trained_model_with_its_test_nll(
+    exp_page, exp_server, experiments, artifacts
+):
+    route = f"#/experiments/{experiments['experiment_id']}/models?{MODEL_TRAINING_QUERY}"
+    exp_page.set_viewport_size({"width": 3200, "height": 1000})  # the grid draws visible columns
+    exp_page.goto(f"{exp_server}/{route}")
+    names = [r.info.run_name for r in experiments["train"].values()]
+    _wait_for_texts(exp_page, names)
+    _close_assistant(exp_page)
+    try:
+        _wait_for_texts(exp_page, ["test/nll_nats"])  # the linked metrics' column
+    finally:
+        (artifacts / "models-tab.txt").write_text(exp_page.evaluate("document.body.innerText"))
+        _screenshot(exp_page, artifacts / "models-tab.png")
+    # each model's row (the one naming its source run) shows the test NLL linked to it
+    for r in experiments["train"].values():
+        row = exp_page.get_by_role("row").filter(has_text=r.info.run_name)
+        assert row.count() == 1, r.info.run_name
+        assert str(r.data.metrics["test/nll_nats"]) in row.inner_text(), row.inner_text()
