@@ -58,7 +58,7 @@ from rnnexp.tracking._queries import find_runs
 from rnnexp.tracking._replay import replay_undelivered
 from rnnexp.tracking._resume import killed_run_to_continue
 from rnnexp.tracking._runs import open_existing_run, tracked_run
-from rnnexp.tracking._serving import ServedModel, find_served_model
+from rnnexp.tracking._serving import find_served_model
 from rnnexp.tracking._store import TrackingError, probe_store, tracking_uri
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ __all__ = [
     "MlflowRunLogger",
     "NullRunHandle",
     "RunHandle",
-    "ServedModel",
     "TrackingError",
     "find_runs",
     "find_served_model",
