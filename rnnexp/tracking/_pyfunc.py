@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "generator"
 MODEL_ID_TAG = "rnnexp.model_id"
+ARCH_TAG = "rnnexp.arch"  # on every generator model logged here (rnnexp serve checks it)
 DEFAULTS = {"n": 1, "class": -1, "temperature": 1.0, "seed": 0}
 
 
@@ -182,7 +183,7 @@ def log_generator_model(
         experiment_id=run.info.experiment_id,
         name=MODEL_NAME,
         source_run_id=run_id,
-        tags={"rnnexp.arch": str(metadata.get("arch")), "rnnexp.task": metadata.get("task")},
+        tags={ARCH_TAG: str(metadata.get("arch")), "rnnexp.task": metadata.get("task")},
         params=dict(run.data.params),
     )
     with global_store(client.tracking_uri):

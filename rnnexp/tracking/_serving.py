@@ -23,13 +23,12 @@ from mlflow.exceptions import MlflowException
 
 from rnnexp.config import Params
 from rnnexp.errors import RnnexpError
-from rnnexp.tracking._pyfunc import MODEL_ID_TAG
+from rnnexp.tracking._pyfunc import ARCH_TAG, MODEL_ID_TAG
 from rnnexp.tracking._registry import CHAMPION
 from rnnexp.tracking._store import connect
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 FORMS = "models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>, runs:/<run id>"
-GENERATOR_TAG = "rnnexp.arch"  # every generator rnnexp logs carries it (_pyfunc)
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def served_model(client: MlflowClient, ref: str, uri: str = "") -> ServedModel:
         model = client.get_logged_model(model_id)
     except MlflowException as exc:
         raise RnnexpError(f"{ref}: logged model {model_id}: {_message(exc)}") from None
-    arch = model.tags.get(GENERATOR_TAG)
+    arch = model.tags.get(ARCH_TAG)
     if not arch:
         raise RnnexpError(
             f"{ref}: logged model {model_id} ({model.name}) is not an rnnexp generator"
