@@ -17,14 +17,19 @@ import torch
 
 @contextmanager
 def torch_threads(threads: int) -> Iterator[int]:
-    """Run the block with ``threads`` torch CPU threads (0: leave torch's setting).
+    """Run the block with ``threads`` torch CPU threads (0: torch's default count).
 
     Yields the thread count in effect; the previous one is restored on exit, so a
     trial or test in the same process is not left with another's setting.
+
+    The count is set even when it is torch's default: ``torch.set_num_threads`` also
+    turns off MKL's dynamic thread adjustment (``MKL_DYNAMIC``), which torch leaves on
+    until it is called. Intel lists a fixed thread count with MKL_DYNAMIC off, beside
+    ``MKL_CBWR`` (set in :mod:`rnnexp`), as the conditions of run-to-run reproducible
+    results; a resumed training must equal an uninterrupted one bit for bit.
     """
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or before)
     try:
         yield torch.get_num_threads()
     finally:
