@@ -1,4 +1,4 @@
-"""Run-to-run reproducible CPU numerics: MKL's settings that rnnexp makes, and torch_threads.
+"""Run-to-run reproducible CPU numerics: the MKL settings that rnnexp makes.
 
 A resumed training must equal an uninterrupted one bit for bit, and the two run in
 different processes. Without MKL's Conditional Numerical Reproducibility (MKL_CBWR)
@@ -16,8 +16,6 @@ import sys
 
 import pytest
 import torch
-
-from rnnexp.util.threads import torch_threads
 
 needs_mkl = pytest.mark.skipif(
     not torch.backends.mkl.is_available(), reason="torch built without MKL"
@@ -67,14 +65,3 @@ def test_default_thread_count_turns_mkl_dynamic_threading_off():
     before, inside = mkl_calls()
     assert re.findall(r"SGEMM.*Dyn:(\d)", before) == ["1"]
     assert re.findall(r"SGEMM.*Dyn:(\d)", inside) == ["0"]
-
-
-def test_thread_count_is_set_inside_and_restored_after():
-    before = torch.get_num_threads()
-    wanted = 1 if before > 1 else 2
-    with torch_threads(wanted) as threads:
-        assert threads == wanted == torch.get_num_threads()
-    assert torch.get_num_threads() == before
-    with torch_threads(0) as threads:
-        assert threads == before == torch.get_num_threads()
-    assert torch.get_num_threads() == before

@@ -151,7 +151,7 @@ def test_threads_param_holds_for_the_training_and_is_undone_after(
         probe = ThreadProbe()
         default = tiny_params("train.threads=0", "train.max_epochs=1", "train.sample_every=0")
         result = run_training(default, prepared_dir, tmp_path / "default", callbacks=[probe])
-        assert probe.seen == [2]  # 0 leaves torch's setting alone
+        assert probe.seen == [2]  # 0: torch's default count, the one set outside
         assert store.get_run(result.run_id).data.tags["rnnexp.threads"] == "2"
     finally:
         torch.set_num_threads(before)
