@@ -73,9 +73,22 @@ class _Reorder(torch.autograd.Function):
 
 def _gather(x: Tensor, index: Tensor) -> Tensor:
     """``x[d, index[d]]`` for each ``d``: ``(D, N, ...) -> (D, N, ...)``."""
-    # index_select copies whole rows only from a contiguous tensor; strided it crawls.
-    rows = [xd.contiguous().index_select(0, idx) for xd, idx in zip(x, index, strict=True)]
-    return torch.stack(rows)
+    out = x.new_empty(len(index), *x.shape[1:])
+    for xd, idx, od in zip(x, index, out, strict=True):
+        # index_select copies whole rows only from a contiguous tensor; strided it
+        # crawls. Written into one buffer: a stack of the parts would copy them again.
+        torch.index_select(xd.contiguous(), 0, idx, out=od)
+    return out
+
+
+def _gather_sum(x: Tensor, index: Tensor) -> Tensor:
+    """``sum over d of x[d, index[d]]``: ``(D, N, ...) -> (N, ...)``, no ``(D, N, ...)`` copy."""
+    parts = zip(x, index, strict=True)
+    xd, idx = next(parts)
+    out = xd.contiguous().index_select(0, idx)
+    for xd, idx in parts:
+        out += xd.contiguous().index_select(0, idx)
+    return out
 
 
 class _InputToState(torch.autograd.Function):
@@ -100,7 +113,7 @@ class _InputToState(torch.autograd.Function):
         xs = _by_direction(x, index).to(dtype)
         grad_weight = torch.bmm(xs.transpose(1, 2), grad).to(weight.dtype)
         grad_x = torch.bmm(grad, weight.to(dtype).transpose(1, 2)).view(len(index), *x.shape)
-        return _gather(grad_x, inverse).sum(0).to(x.dtype), grad_weight, None, None
+        return _gather_sum(grad_x, inverse).to(x.dtype), grad_weight, None, None
 
 
 def _by_direction(x: Tensor, index: Tensor) -> Tensor:

@@ -253,6 +253,12 @@ class PixelRNN(nn.Module):
 
         Differentiable in ``xs`` (and in ``source``); used by the causality tests.
         """
+        return self.logits_from_head(self.head_output(xs, labels, source))
+
+    def head_output(
+        self, xs: Tensor, labels: Tensor | None = None, source: Tensor | None = None
+    ) -> Tensor:
+        """The head's output ``(B, C*L, H, W)``, channels last, from a scaled input."""
         b, _, h, w = xs.shape
         biases = self.cond_biases(b, h, w, labels, source)
         # Channels last: the layers and the head are 1x1 convolutions and matrix
@@ -260,8 +266,7 @@ class PixelRNN(nn.Module):
         z = self.input_conv(xs).contiguous(memory_format=torch.channels_last)  # (B, F, H, W)
         for layer, cond in zip(self.layers, biases, strict=True):
             z = layer(z, cond)  # (B, F, H, W)
-        out = self.head(z)  # (B, C*L, H, W), channel c's logits are out-group c
-        return self.logits_from_head(out)
+        return self.head(z)  # (B, C*L, H, W), channel c's logits are out-group c
 
     def forward(
         self, x: Tensor, labels: Tensor | None = None, source: Tensor | None = None
@@ -274,6 +279,11 @@ class PixelRNN(nn.Module):
             source: ``(B, source_channels, Hs, Ws)`` float image in ``[-1, 1]`` (any
                 ``Hs, Ws``; resized to ``H, W``), required iff ``config.source_channels > 0``.
         """
+        self._check_levels(x)
+        return self.forward_scaled(self.scale(x), labels, source)
+
+    def _check_levels(self, x: Tensor) -> None:
+        """Raise unless ``x`` is an integer image batch ``(B, C, H, W)``."""
         if x.is_floating_point() or x.is_complex():
             raise TypeError(
                 f"PixelRNN expects integer levels, got dtype {x.dtype}; "
@@ -284,12 +294,23 @@ class PixelRNN(nn.Module):
                 f"PixelRNN expects input (B, {self.config.channels}, H, W), "
                 f"got shape {tuple(x.shape)}"
             )
-        return self.forward_scaled(self.scale(x), labels, source)
 
     def nll(self, x: Tensor, labels: Tensor | None = None, source: Tensor | None = None) -> Tensor:
-        """Negative log-likelihood in nats per image, ``(B,)`` (sum over C, H, W)."""
-        logits = self(x, labels=labels, source=source)
-        return F.cross_entropy(logits, x, reduction="none").sum(dim=(1, 2, 3))
+        """Negative log-likelihood in nats per image, ``(B,)`` (sum over C, H, W).
+
+        Equal to ``F.cross_entropy(self(x), x)`` summed per image, but computed on the
+        head's channels-last output: there each sub-pixel's ``L`` logits are
+        contiguous, so the rows of a ``(B*H*W*C, L)`` view are the cross-entropy's
+        input without a copy, and its log-softmax runs over contiguous memory (about
+        half the time of the strided one over the logits' ``L`` dim, forward and
+        backward; 2026-12-01, one thread).
+        """
+        self._check_levels(x)
+        out = self.head_output(self.scale(x), labels, source)  # (B, C*L, H, W)
+        rows = out.permute(0, 2, 3, 1).reshape(-1, self.config.levels)  # (B*H*W*C, L)
+        targets = x.permute(0, 2, 3, 1).reshape(-1)  # (B*H*W*C,), the same order
+        nll = F.cross_entropy(rows, targets, reduction="none")
+        return nll.view(x.shape[0], -1).sum(dim=1)
 
 
 def count_parameters(config: GeneratorConfig) -> int:
