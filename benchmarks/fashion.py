@@ -396,4 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Trained as the train stage trains: under tcmalloc where it is installed.
+    from rnnexp.util.allocator import rerun_under_tcmalloc
+
+    rerun_under_tcmalloc()
     sys.exit(main())

@@ -17,10 +17,15 @@ Besides our three generators it times, in the same rounds:
   (``git archive`` of ``rnnexp/`` into a temporary folder), for before/after
   ratios of an optimisation in one run.
 
+Every process runs under tcmalloc where it is installed, as the training stages do
+(:mod:`rnnexp.util.allocator`); ``--allocator both`` also times ours under the C
+library's malloc (version ``now/system``), ``--allocator system`` only that.
+
 Usage:
     python benchmarks/throughput.py                         # all archs + plain, 3 rounds
     python benchmarks/throughput.py --arch row_lstm --arch diagonal_bilstm --rounds 5
     python benchmarks/throughput.py --against c609bea       # before/after ratios
+    python benchmarks/throughput.py --arch row_lstm --allocator both  # tcmalloc's gain
     python benchmarks/throughput.py --device cuda --threads 16
 
 Targets (issue 15): Row LSTM at least 50 images/s on a quiet 2-core VM, with its
@@ -145,7 +150,10 @@ def measure(args: argparse.Namespace) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        allocator = "tcmalloc" if "libtcmalloc" in maps.read() else "system"
     return {
+        "allocator": allocator,
         "hidden": hidden,
         "params": sum(p.numel() for p in model.parameters()),
         "images_per_s": args.batch / statistics.median(times),
@@ -153,12 +161,16 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
-def run_child(args: argparse.Namespace, arch: str, code: Path) -> dict:
-    """One measurement in a fresh process, importing ``rnnexp`` from ``code``."""
+def run_child(args: argparse.Namespace, arch: str, code: Path, tcmalloc: str | None) -> dict:
+    """One measurement in a fresh process, importing ``rnnexp`` from ``code``, with
+    the ``tcmalloc`` library preloaded (None: the C library's malloc)."""
     cmd = [sys.executable, __file__, "--child", "--arch", arch, "--device", args.device]
     cmd += ["--threads", str(args.threads), "--batch", str(args.batch)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = {**os.environ, "PYTHONPATH": str(code)}
+    env.pop("LD_PRELOAD", None)
+    if tcmalloc:
+        env["LD_PRELOAD"] = tcmalloc
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -189,6 +201,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--against", metavar="REV", help="also time rnnexp at git revision REV")
+    parser.add_argument(
+        "--allocator",
+        choices=("tcmalloc", "system", "both"),
+        default="tcmalloc",
+        help="malloc of the measured processes (tcmalloc: where installed, as training runs)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -201,22 +219,30 @@ def main() -> None:
     print(f"{args.device}, threads {args.threads}, batch {args.batch}, 28x28, 256 levels, ")
     print(f"4 layers; {args.rounds} interleaved rounds of {args.steps} steps")
     print(f"load average before: {load_average()}")
+    sys.path.insert(0, str(REPO))
+    from rnnexp.util.allocator import find_tcmalloc
+
+    tcmalloc = find_tcmalloc() if args.allocator != "system" else None
+    print(f"allocator: {tcmalloc or 'the C library malloc'}")
     with tempfile.TemporaryDirectory() as tmp:
-        configs = [(arch, "now", REPO) for arch in archs]
+        configs = [(arch, "now", REPO, tcmalloc) for arch in archs]
+        if args.allocator == "both" and tcmalloc:
+            configs += [(a, "now/system", REPO, None) for a in archs if a != "plain"]
         if args.against:
             old = export_revision(args.against, Path(tmp))
-            configs += [(a, args.against, old) for a in archs if a != "plain"]
-        results: dict[tuple[str, str], list[dict]] = {(a, v): [] for a, v, _ in configs}
+            configs += [(a, args.against, old, tcmalloc) for a in archs if a != "plain"]
+        results: dict[tuple[str, str], list[dict]] = {(a, v): [] for a, v, _, _ in configs}
         for _ in range(args.rounds):
-            for arch, version, code in configs:
-                results[arch, version].append(run_child(args, arch, code))
+            for arch, version, code, preload in configs:
+                results[arch, version].append(run_child(args, arch, code, preload))
     print(f"load average after: {load_average()}")
 
     speed = {k: statistics.median(r["images_per_s"] for r in rs) for k, rs in results.items()}
     for (arch, version), rs in results.items():
         runs = ", ".join(f"{r['images_per_s']:.1f}" for r in rs)
         print(
-            f"{arch:16s} {version:8s} hidden {rs[0]['hidden']:4d}  params {rs[0]['params']:8,d}  "
+            f"{arch:16s} {version:10s} {rs[0]['allocator']:8s} "
+            f"hidden {rs[0]['hidden']:4d}  params {rs[0]['params']:8,d}  "
             f"{speed[arch, version]:6.1f} images/s (runs {runs})  "
             f"peak memory {max(r['peak_mb'] for r in rs):7.0f} MB"
         )
@@ -227,11 +253,11 @@ def main() -> None:
                 print(f"ratio row_lstm / {arch}: {row / speed[arch, 'now']:.2f}")
         if ("diagonal_bilstm", "now") in speed:
             print(f"ratio diagonal_bilstm / row_lstm: {speed['diagonal_bilstm', 'now'] / row:.2f}")
-    if args.against:
+    for other, what in (("now/system", "with tcmalloc"), (args.against, f"since {args.against}")):
         for arch in archs:
-            if (arch, args.against) in speed:
-                ratio = speed[arch, "now"] / speed[arch, args.against]
-                print(f"speed-up of {arch} since {args.against}: {ratio:.2f}x")
+            if other and (arch, other) in speed:
+                ratio = speed[arch, "now"] / speed[arch, other]
+                print(f"speed-up of {arch} {what}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -206,6 +206,11 @@ def entry(argv: list[str] | None = None) -> None:
     stage that had in fact finished. So, once main returns, the exit handlers run
     (logging and MLflow flush there) and the process ends without module teardown.
     """
+    command = (sys.argv[1:] if argv is None else argv)[:1]
+    if command in (["train"], ["tune"]):  # before the stage module imports torch
+        from rnnexp.util.allocator import rerun_under_tcmalloc
+
+        rerun_under_tcmalloc()
     status = main(argv)
     atexit._run_exitfuncs()  # what a normal exit runs, minus the module teardown
     sys.stdout.flush()

@@ -7,6 +7,8 @@ import yaml
 from helpers import make_git_project, project_env, run
 from mlflow import MlflowClient
 
+from rnnexp.util.allocator import find_tcmalloc
+
 pytestmark = pytest.mark.slow
 
 
@@ -99,6 +101,10 @@ def test_every_stage_is_a_finished_mlflow_run_with_tags(project):
             assert r.data.tags["mlflow.source.git.commit"] == head
     assert train.data.tags["rnnexp.data_hash"] == meta["content_hash"]
     assert train.data.tags["rnnexp.evaluated"] == "true"
+    # The train and tune stages ran themselves again under tcmalloc where it is
+    # installed (.ci/run installs it), and their trainings' runs say so.
+    allocator = "tcmalloc" if find_tcmalloc() else "system"
+    assert {r.data.tags["rnnexp.allocator"] for r in [train, *by_stage["trial"]]} == {allocator}
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert train.data.metrics["test/nll_nats"] == pytest.approx(metrics["test"]["nll_nats"])
     assert train.data.params["train.max_epochs"] == "3"

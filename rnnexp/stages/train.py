@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """DVC stage ``train``: train the generator of params.yaml (with the tune stage's best
 params merged over it, ``train.use_tuned``); checkpoints under ``models/``. It continues
 the best trial's training (``models/tuned/``) rather than starting it again.
@@ -7,6 +8,13 @@ that the tune stage's trials take too; it opens and logs the model's MLflow run.
 """
 
 from __future__ import annotations
+
+# A stage process runs again under tcmalloc before torch loads (rnnexp.util.allocator);
+# hence the imports below this block (ruff: E402 off for this file).
+if __name__ == "__main__":
+    from rnnexp.util.allocator import rerun_under_tcmalloc
+
+    rerun_under_tcmalloc()
 
 import logging
 import sys

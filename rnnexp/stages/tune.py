@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """DVC stage ``tune``: an Optuna study over ``tune.space``, one training code path.
 
 Every trial calls :func:`rnnexp.training.fit.run_training` with the trial's params (and
@@ -31,6 +32,13 @@ Example:
 """
 
 from __future__ import annotations
+
+# A stage process runs again under tcmalloc before torch loads (rnnexp.util.allocator);
+# hence the imports below this block (ruff: E402 off for this file).
+if __name__ == "__main__":
+    from rnnexp.util.allocator import rerun_under_tcmalloc
+
+    rerun_under_tcmalloc()
 
 import json
 import logging

@@ -30,6 +30,7 @@ from rnnexp.training.callbacks import (
 )
 from rnnexp.training.resume import adopt_checkpoints, fingerprint, plan_resume
 from rnnexp.training.system import PixelRNNSystem
+from rnnexp.util.allocator import allocator_in_use
 from rnnexp.util.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -143,14 +144,19 @@ def run_training(
         "rnnexp.arch": params.model.arch,
         **plan.tags,
     }
-    # torch's CPU threads (train.threads) for the run; the count is tagged, since the
-    # run's timings depend on it
+    # torch's CPU threads (train.threads) for the run; the count and the allocator are
+    # tagged, since the run's timings depend on them
     with (
         torch_threads(t.threads) as threads,
         tracking.tracked_run(
             params,
             stage,
-            tags={**run_tags, "rnnexp.threads": str(threads), **(tags or {})},
+            tags={
+                **run_tags,
+                "rnnexp.threads": str(threads),
+                "rnnexp.allocator": allocator_in_use(),
+                **(tags or {}),
+            },
             parent_run_id=parent_run_id,
             finished_on=finished_on,
             resume_run_id=plan.run_id,
