@@ -4,11 +4,11 @@ Why: torch takes every CPU tensor from ``malloc``. glibc's malloc hands a large
 block (over its mmap threshold, at most 32 MB) fresh from the kernel and returns it
 on ``free``, so each training step page-faults and zero-fills its large activation
 maps again, and its heap fragments. tcmalloc keeps freed blocks for reuse within a
-bounded cache. On the 2-core VM, one thread, 28x28 images, batch 64
-(benchmarks/RESULTS.md, "tcmalloc"): a Row LSTM step took 2.9 s against 3.7 s,
-with 1.3 against 1.5 GB peak memory; a Diagonal BiLSTM step 5.5 s against 6.9 s,
-with 1.3 against 1.9 GB. Over 40 steps its resident memory stayed flat. Intel's
-PyTorch CPU tuning guide gives the same advice.
+bounded cache. On the 2-core VM, 2 threads, 28x28 images, batch 64
+(benchmarks/RESULTS.md, "tcmalloc"): 1.15x the Row LSTM's images/s with 1.3 against
+1.5 GB peak memory, 1.33x the Diagonal BiLSTM's with 1.3 against 2.1 GB. Over 40
+steps its resident memory stayed flat. Intel's PyTorch CPU tuning guide gives the
+same advice.
 
 How: a process picks its allocator when it starts (``LD_PRELOAD``), so the train
 and tune stages, before they import torch, run themselves again once with tcmalloc
