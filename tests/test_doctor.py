@@ -13,6 +13,7 @@ from helpers import free_port, project_env, run
 from rnnexp import cli
 from rnnexp.commands.doctor import (
     check_accelerators,
+    check_allocator,
     check_data,
     check_dvc_remote,
     check_optuna,
@@ -92,6 +93,23 @@ def test_asking_for_a_gpu_without_one_fails(tiny_params, tmp_path):
     assert check_accelerators(tiny_params(), tmp_path)[0]
     ok, detail = check_accelerators(tiny_params("train.accelerator=gpu"), tmp_path)
     assert not ok and "cuda: 0" in detail
+
+
+def test_the_allocator_line_says_which_malloc_training_gets(tiny_params, tmp_path, monkeypatch):
+    monkeypatch.delenv("RNNEXP_ALLOCATOR", raising=False)
+    monkeypatch.setattr("rnnexp.util.allocator.find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr("sys.platform", "linux")
+    assert check_allocator(tiny_params(), tmp_path) == (
+        True,
+        "tcmalloc (libtcmalloc_minimal.so.4) for train and tune",
+    )
+    monkeypatch.setattr("rnnexp.util.allocator.find_tcmalloc", lambda: None)
+    ok, detail = check_allocator(tiny_params(), tmp_path)
+    assert ok and "no tcmalloc found" in detail and "libtcmalloc-minimal4" in detail
+    monkeypatch.setenv("RNNEXP_ALLOCATOR", "system")
+    monkeypatch.setattr("rnnexp.util.allocator.find_tcmalloc", lambda: "libtcmalloc.so.4")
+    ok, detail = check_allocator(tiny_params(), tmp_path)
+    assert ok and "RNNEXP_ALLOCATOR=system" in detail and "tcmalloc (" not in detail
 
 
 def test_versions_name_the_stack(tiny_params, tmp_path):

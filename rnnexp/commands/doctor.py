@@ -115,6 +115,21 @@ def check_accelerators(params: Params, root: Path) -> tuple[bool, str]:
     return True, f"{seen} (train.accelerator={t.accelerator}, devices={t.devices})"
 
 
+def check_allocator(params: Params, root: Path) -> tuple[bool, str]:
+    """Which malloc the train and tune stages run under; informational, never fails."""
+    from rnnexp.util.allocator import SWITCH, find_tcmalloc
+
+    if os.environ.get(SWITCH, "") == "system":
+        return True, f"the C library's malloc for train and tune ({SWITCH}=system)"
+    library = find_tcmalloc() if sys.platform == "linux" else None
+    if library:
+        return True, f"tcmalloc ({library}) for train and tune"
+    return True, (
+        "the C library's malloc for train and tune: no tcmalloc found (Debian, Ubuntu: "
+        "apt-get install libtcmalloc-minimal4; 1.15-1.33x faster training on the CPU)"
+    )
+
+
 def check_versions(params: Params, root: Path) -> tuple[bool, str]:
     """Python and the stack's versions (fails if a package is missing)."""
     found, missing = [f"python {platform.python_version()}"], []
@@ -134,6 +149,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("dvc remote", check_dvc_remote),
     ("dataset", check_data),
     ("accelerators", check_accelerators),
+    ("allocator", check_allocator),
     ("versions", check_versions),
 )
 
