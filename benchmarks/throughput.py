@@ -150,6 +150,7 @@ def measure(args: argparse.Namespace) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # As rnnexp.util.allocator.allocator_in_use, which the revision measured may lack.
     with open("/proc/self/maps", encoding="utf-8") as maps:
         allocator = "tcmalloc" if "libtcmalloc" in maps.read() else "system"
     return {

@@ -117,13 +117,13 @@ def check_accelerators(params: Params, root: Path) -> tuple[bool, str]:
 
 def check_allocator(params: Params, root: Path) -> tuple[bool, str]:
     """Which malloc the train and tune stages run under; informational, never fails."""
-    from rnnexp.util.allocator import SWITCH, find_tcmalloc
+    from rnnexp.util.allocator import SWITCH, tcmalloc_for_training
 
-    if os.environ.get(SWITCH, "") == "system":
-        return True, f"the C library's malloc for train and tune ({SWITCH}=system)"
-    library = find_tcmalloc() if sys.platform == "linux" else None
+    library = tcmalloc_for_training()
     if library:
         return True, f"tcmalloc ({library}) for train and tune"
+    if os.environ.get(SWITCH, "") == "system":
+        return True, f"the C library's malloc for train and tune ({SWITCH}=system)"
     return True, (
         "the C library's malloc for train and tune: no tcmalloc found (Debian, Ubuntu: "
         "apt-get install libtcmalloc-minimal4; 1.15-1.33x faster training on the CPU)"

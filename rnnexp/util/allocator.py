@@ -39,6 +39,14 @@ def find_tcmalloc() -> str | None:
     return None
 
 
+def tcmalloc_for_training() -> str | None:
+    """The tcmalloc library the training stages preload here, or None: not on Linux,
+    switched off (``RNNEXP_ALLOCATOR=system``), or not installed."""
+    if sys.platform != "linux" or os.environ.get(SWITCH, "") == "system":
+        return None
+    return find_tcmalloc()
+
+
 def allocator_in_use() -> str:
     """``tcmalloc`` if this process has tcmalloc loaded, else ``system``."""
     try:
@@ -57,12 +65,10 @@ def rerun_under_tcmalloc() -> None:
     where ``LD_PRELOAD`` names one already: then this process is the re-run, or
     tcmalloc could not be preloaded, and a second try would not do better.
     """
-    if sys.platform != "linux" or os.environ.get(SWITCH, "") == "system":
-        return
     preload = os.environ.get("LD_PRELOAD", "")
     if "tcmalloc" in preload:
         return
-    library = find_tcmalloc()
+    library = tcmalloc_for_training()
     if library is None:
         return
     env = {**os.environ, "LD_PRELOAD": f"{library} {preload}".strip()}
