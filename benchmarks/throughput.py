@@ -221,9 +221,10 @@ def main() -> None:
     print(f"4 layers; {args.rounds} interleaved rounds of {args.steps} steps")
     print(f"load average before: {load_average()}")
     sys.path.insert(0, str(REPO))
-    from rnnexp.util.allocator import find_tcmalloc
+    from rnnexp.util.allocator import tcmalloc_for_training
 
-    tcmalloc = find_tcmalloc() if args.allocator != "system" else None
+    # The rule the training stages follow (RNNEXP_ALLOCATOR=system included).
+    tcmalloc = tcmalloc_for_training() if args.allocator != "system" else None
     print(f"allocator: {tcmalloc or 'the C library malloc'}")
     with tempfile.TemporaryDirectory() as tmp:
         configs = [(arch, "now", REPO, tcmalloc) for arch in archs]
