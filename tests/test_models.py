@@ -259,8 +259,12 @@ def test_row_lstm_matches_reference_loop(channels, kernel):
     torch.testing.assert_close(y, y_ref)
     weights = torch.randn_like(y)
     (y * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    layer.zero_grad()
     (y_ref * weights).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
+    for name, p in layer.named_parameters():  # i2s, s2s and out, weights and biases
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
 
 
 def test_row_lstm_gate_mask_keeps_channel_groups():
