@@ -2,8 +2,8 @@
 
 One step = forward, NLL, backward and an Adam update, on random 28x28 images with
 256 levels (batch 64, 2 CPU threads by default). The Row LSTM is 4 layers, hidden
-64; Diagonal BiLSTM and PixelCNN get the hidden size that matches its parameter
-count. Each measurement runs in its own subprocess, so that the reported peak
+64 (``--layers``, ``--hidden``); Diagonal BiLSTM and PixelCNN get the hidden size that
+matches its parameter count. Each measurement runs in its own subprocess, so that the reported peak
 memory (ru_maxrss, or CUDA max allocated) is its own, and the configurations are
 measured in interleaved rounds, so that the machine's load hits them alike; the
 figures are medians over the rounds.
@@ -27,6 +27,7 @@ Usage:
     python benchmarks/throughput.py --against c609bea       # before/after ratios
     python benchmarks/throughput.py --arch row_lstm --allocator both  # tcmalloc's gain
     python benchmarks/throughput.py --device cuda --threads 16
+    python benchmarks/throughput.py --arch row_lstm --hidden 32 --layers 3  # Fashion recipe
 
 Targets (issue 15): Row LSTM at least 50 images/s on a quiet 2-core VM, with its
 ratio to ``plain``; Diagonal BiLSTM at least 0.6x the Row LSTM, at most 1.5 GB.
@@ -115,14 +116,15 @@ def measure(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = GeneratorConfig(arch="row_lstm", levels=256, hidden=64, layers=4)
+    size = {"levels": 256, "hidden": args.hidden, "layers": args.layers}
+    base = GeneratorConfig(arch="row_lstm", **size)
     if args.arch == "plain":
-        model, hidden = plain_row_lstm(), 64
+        model, hidden = plain_row_lstm(**size), args.hidden
     else:
-        hidden = 64
+        hidden = args.hidden
         if args.arch != "row_lstm":
             hidden = matched_hidden(base, count_parameters(base), args.arch)
-        model = PixelRNN(GeneratorConfig(arch=args.arch, levels=256, hidden=hidden, layers=4))
+        model = PixelRNN(GeneratorConfig(**{**size, "arch": args.arch, "hidden": hidden}))
     model = model.to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randint(0, 256, (args.batch, 1, 28, 28), device=args.device)
@@ -167,6 +169,7 @@ def run_child(args: argparse.Namespace, arch: str, code: Path, tcmalloc: str | N
     the ``tcmalloc`` library preloaded (None: the C library's malloc)."""
     cmd = [sys.executable, __file__, "--child", "--arch", arch, "--device", args.device]
     cmd += ["--threads", str(args.threads), "--batch", str(args.batch)]
+    cmd += ["--hidden", str(args.hidden), "--layers", str(args.layers)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = {**os.environ, "PYTHONPATH": str(code)}
     env.pop("LD_PRELOAD", None)
@@ -198,6 +201,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64, help="the Row LSTM's hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="layers of every generator")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
@@ -218,7 +223,8 @@ def main() -> None:
     archs = args.arch or [*ARCHS, "plain"]
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, device ")
     print(f"{args.device}, threads {args.threads}, batch {args.batch}, 28x28, 256 levels, ")
-    print(f"4 layers; {args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"Row LSTM {args.layers} x {args.hidden} (others matched in parameters); ")
+    print(f"{args.rounds} interleaved rounds of {args.steps} steps")
     print(f"load average before: {load_average()}")
     sys.path.insert(0, str(REPO))
     from rnnexp.util.allocator import tcmalloc_for_training
