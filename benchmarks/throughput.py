@@ -2,11 +2,11 @@
 
 One step = forward, NLL, backward and an Adam update, on random 28x28 images with
 256 levels (batch 64, 2 CPU threads by default). The Row LSTM is 4 layers, hidden
-64 (``--layers``, ``--hidden``); Diagonal BiLSTM and PixelCNN get the hidden size that
-matches its parameter count. Each measurement runs in its own subprocess, so that the reported peak
-memory (ru_maxrss, or CUDA max allocated) is its own, and the configurations are
-measured in interleaved rounds, so that the machine's load hits them alike; the
-figures are medians over the rounds.
+64 (``--layers``, ``--hidden``); Diagonal BiLSTM and PixelCNN get the hidden size
+that matches its parameter count. Each measurement runs in its own subprocess, so
+that the reported peak memory (ru_maxrss, or CUDA max allocated) is its own, and
+the configurations are measured in interleaved rounds, so that the machine's load
+hits them alike; the figures are medians over the rounds.
 
 Besides our three generators it times, in the same rounds:
 
