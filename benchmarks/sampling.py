@@ -2,10 +2,9 @@
 
 Both draw a batch of 16 28x28 images with 256 levels from a randomly initialised
 4-layer generator (the naive sampler on ``--threads`` CPU threads, 2 by default; the
-cached one runs its tiny per-pixel products on one thread whatever the setting,
-see ``sample_cached``): the Row LSTM has hidden 64; the
-Diagonal BiLSTM and PixelCNN get the hidden size that matches its parameter count
-(``matched_hidden``). Each measurement runs in its own subprocess, so the peak
+cached one runs on one thread whatever the setting, see ``sample_cached``): the Row
+LSTM has hidden 64; the Diagonal BiLSTM and PixelCNN get the hidden size that matches
+its parameter count (``matched_hidden``). Each measurement runs in its own subprocess, so the peak
 memory it reports (``ru_maxrss``, or ``torch.cuda.max_memory_allocated`` on a GPU)
 is its own; the resident memory just before sampling is printed next to it.
 

@@ -176,7 +176,6 @@ class CachedSampler:
         n, channels, height, width = x.shape
         self.model, self.x, self.timings = model, x, timings
         self._row = -1  # the row steps() is in
-        self._row_threads = torch.get_num_threads()  # for the per-row products (steps())
         self._x_slots: list[Sequence[Tensor]] = []  # [c][j]: x[:, c, row, j]
         with torch.no_grad():
             biases = model.cond_biases(n, height, width, labels, source)
@@ -276,11 +275,14 @@ class CachedSampler:
         input_at = timed(t, "input", self._input_at, device)
         layers_at = timed(t, "layers", self._layers_at, device)
         logits = timed(t, "head", self._logits, device)
-        # On the CPU, per-pixel work on one thread: its products are B rows long, too
-        # small to share (a second thread only adds waiting, 100x on a loaded machine);
-        # the per-row products (B*W rows) on the threads set when the walk starts.
-        self._row_threads = row_threads = torch.get_num_threads()
-        torch.set_num_threads(1 if device.type == "cpu" else row_threads)
+        # On the CPU, the whole walk on one thread. Per-pixel products are B rows long,
+        # too small to share: a second thread only adds waiting. The per-row products
+        # (B*W rows) were no faster on 2 threads on a quiet machine, and 4x slower
+        # with the cores busy, where the second thread waits for a core at every row
+        # (benchmarks/RESULTS.md, "the per-row products on one thread as well").
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)
         try:
             for i in range(height):
                 rows(i - 1, i)
@@ -297,19 +299,14 @@ class CachedSampler:
             rows(height - 1, height)
         finally:
             self._row = -1
-            torch.set_num_threads(row_threads)
+            torch.set_num_threads(threads)
 
     def _rows(self, done: int, start: int) -> None:
         """End row ``done`` and start row ``start`` (either may be outside the image)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self._row_threads)
-        try:
-            if done >= 0:
-                self._end_row(done)
-            if start < self.x.shape[2]:
-                self._start_row(start)
-        finally:
-            torch.set_num_threads(threads)
+        if done >= 0:
+            self._end_row(done)
+        if start < self.x.shape[2]:
+            self._start_row(start)
 
 
 __all__ = ["CACHED_LAYERS", "PHASES", "CachedSampler", "timed"]

@@ -259,9 +259,9 @@ def sample_cached(
     wrapper or a test stub with only ``forward(x)``) is sampled by
     :func:`sample_naive` instead.
 
-    On the CPU the per-pixel work runs on one torch thread, the per-row products on
-    the threads set (:meth:`~rnnexp.models.cached.CachedSampler.steps`; the setting
-    is restored afterwards).
+    On the CPU the walk runs on one torch thread, whatever the setting
+    (:meth:`~rnnexp.models.cached.CachedSampler.steps`; the setting is restored
+    afterwards).
 
     Args:
         timings: optional dict (instrumented mode, a little slower): the wall time
