@@ -4,9 +4,10 @@ Both draw a batch of 16 28x28 images with 256 levels from a randomly initialised
 4-layer generator (the naive sampler on ``--threads`` CPU threads, 2 by default; the
 cached one runs on one thread whatever the setting, see ``sample_cached``): the Row
 LSTM has hidden 64; the Diagonal BiLSTM and PixelCNN get the hidden size that matches
-its parameter count (``matched_hidden``). Each measurement runs in its own subprocess, so the peak
-memory it reports (``ru_maxrss``, or ``torch.cuda.max_memory_allocated`` on a GPU)
-is its own; the resident memory just before sampling is printed next to it.
+its parameter count (``matched_hidden``). Each measurement runs in its own
+subprocess, so the peak memory it reports (``ru_maxrss``, or
+``torch.cuda.max_memory_allocated`` on a GPU) is its own; the resident memory just
+before sampling is printed next to it.
 
 The naive sampler runs one full forward pass per sub-pixel, a constant cost, so
 ``--naive-rows R`` times only its first ``R`` rows (the rest of the image is given
