@@ -307,19 +307,24 @@ def reference_diagonal_bilstm(layer: DiagonalBiLSTM, x: torch.Tensor) -> torch.T
     return x + out
 
 
-def test_diagonal_bilstm_matches_pixel_loop():
-    """Skewed column recurrence == the per-pixel definition, values and gradients."""
+@pytest.mark.parametrize("batch, channels_last", [(2, False), (3, True), (1, True)])
+def test_diagonal_bilstm_matches_pixel_loop(batch, channels_last):
+    """Diagonal recurrence == the per-pixel definition: values and every gradient."""
     torch.manual_seed(0)
     layer = DiagonalBiLSTM(features=6, hidden=3, channel_groups=3).double()
-    x = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, 6, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     y = layer(x)
     x_ref = x.detach().clone().requires_grad_(True)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), [x, *layer.parameters()])
     y_ref = reference_diagonal_bilstm(layer, x_ref)
     torch.testing.assert_close(y, y_ref)
-    weights = torch.randn_like(y)
-    (y * weights).sum().backward()
-    (y_ref * weights).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad)
+    grads_ref = torch.autograd.grad((y_ref * weights).sum(), [x_ref, *layer.parameters()])
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def layer_dependence(layer: torch.nn.Module, h: int, w: int, features: int) -> torch.Tensor:
@@ -362,7 +367,7 @@ def test_diagonal_bilstm_layer_sees_the_whole_past_and_no_future():
 def test_diagonal_shift_is_what_keeps_it_causal(monkeypatch):
     """Without the one-row shift the right-to-left pass leaks the pixel to the right."""
     layer = DiagonalBiLSTM(features=4, hidden=4).double()
-    monkeypatch.setattr(diagonal, "shift_down", lambda t: t)
+    monkeypatch.setattr(diagonal, "R2L_SHIFT", 0)
     dep = layer_dependence(layer, 3, 4, 4)
     assert dep[0, 1]  # pixel (0, 0) now sees (0, 1)
 

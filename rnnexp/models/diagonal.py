@@ -34,7 +34,11 @@ one diagonal only, its *band*. Both directions run in the same loop, as a batch 
 two with their own weights (a grouped state-to-state convolution). The
 state-to-state bias is added to the input-to-state gates of every pixel once, so
 the loop needs none, and the state of a pixel just outside the image comes out
-exactly zero.
+exactly zero. Into and out of the scan's order the maps move as rows: the layer's
+channels-last input is ``(B*H*W, F)`` rows, image after image, the scan's maps are
+``(H*W*B, ...)`` rows, pixel after pixel, and one ``index_select`` per direction
+moves whole rows between the two orders (:func:`_row_orders`); the one-row shift
+of the right-to-left map is part of its index.
 
 Conditioning (Conditional PixelCNN, 2016b, section 2.3): an optional bias
 ``cond``, broadcastable to ``(B, 8h, H, W)``, in the layout
@@ -43,6 +47,9 @@ pre-activations of both directions (in image coordinates).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -94,8 +101,9 @@ def _gather_sum(x: Tensor, index: Tensor) -> Tensor:
 class _InputToState(torch.autograd.Function):
     """``bmm(x in each direction's order, weight)``: the input-to-state gates of both directions.
 
-    ``x`` ``(N, B, F)`` in raster order, ``weight`` ``(D, F, 4h)``, ``index`` and
-    ``inverse`` ``(D, N)`` as in :class:`_Reorder`; returns ``(D, N*B, 4h)``. Why not
+    ``x`` ``(R, F)`` rows, ``weight`` ``(D, F, 4h)``, ``index`` and ``inverse``
+    ``(D, R)`` row permutations as in :class:`_Reorder` (:class:`_RowOrders`'s
+    ``to_scan`` and ``from_scan``); returns ``(D, R, 4h)``. Why not
     ``bmm(_Reorder(x))``: that keeps ``x`` in all ``D`` orders for the weight
     gradient, ``D`` copies of the layer's input; here ``x`` is kept once and
     reordered again in the backward.
@@ -117,19 +125,90 @@ class _InputToState(torch.autograd.Function):
 
 
 def _by_direction(x: Tensor, index: Tensor) -> Tensor:
-    """``(N, B, F)`` -> ``(D, N*B, F)``: ``x`` in each direction's order ``index[d]``."""
-    n, b, f = x.shape
-    return _gather(x.expand(len(index), n, b, f), index).view(len(index), n * b, f)
+    """``(R, F)`` rows -> ``(D, R, F)``: the rows of ``x`` in each order ``index[d]``."""
+    return _gather(x.expand(len(index), *x.shape), index)
 
 
-def shift_down(x: Tensor) -> Tensor:
-    """Move a ``(B, F, H, W)`` map down one row: zero row on top, last row dropped.
+#: Rows the right-to-left map moves down before it is added (section 3.2). Without
+#: the shift that pass would see the pixels to the right; only a test sets it to 0.
+R2L_SHIFT = 1
 
-    The result has ``x``'s memory layout (``zeros_like`` keeps its strides).
+
+class _RowOrders(NamedTuple):
+    """Row indices between the layer's raster rows and the scan's, for one shape.
+
+    Raster row ``b*H*W + p`` is pixel ``p`` (raster order) of image ``b``; scan row
+    ``k*B + b`` of direction ``d`` is the ``k``-th pixel of ``d``'s diagonal order in
+    image ``b``. Each field is an int64 index for ``index_select`` along the rows;
+    ``s`` is :data:`R2L_SHIFT`.
     """
-    out = torch.zeros_like(x)
-    out[:, :, 1:] = x[:, :, :-1]
-    return out  # (B, F, H, W)
+
+    to_scan: Tensor  # (2, H*W*B): each scan row's raster row
+    from_scan: Tensor  # (2, B*H*W): each raster row's scan row (the inverse)
+    r2l_below: Tensor  # (B*(H*W - s*W),): raster rows of pixels p >= s*W, the
+    # right-to-left scan row of the pixel s rows above
+    r2l_back: Tensor  # (H*W*B,): each right-to-left scan row's raster row s rows below
+    r2l_dropped: Tensor  # right-to-left scan rows of the last s image rows
+
+
+@functools.lru_cache(maxsize=16)
+def _row_orders(
+    height: int, width: int, batch: int, shift: int, device: torch.device
+) -> _RowOrders:
+    """:class:`_RowOrders` of a ``(batch, ., height, width)`` map, cached per shape."""
+    index, inverse, _ = _pixel_orders(height, width)  # (2, H*W) each
+    pixels = height * width
+    images = torch.arange(batch)
+    # (2, H*W, B) -> (2, H*W*B): scan row (k, b) reads raster row (b, index[d, k]).
+    to_scan = (index[:, :, None] + images * pixels).flatten(1)
+    # (2, B, H*W) -> (2, B*H*W): raster row (b, p) reads scan row (inverse[d, p], b).
+    from_scan = (inverse[:, None, :] * batch + images[:, None]).flatten(1)
+    moved = shift * width  # the shift in raster pixels
+    r2l_below = from_scan[1].view(batch, pixels)[:, : pixels - moved].flatten()
+    below = index[1] + moved  # (H*W,): the raster pixel each right-to-left pixel feeds
+    r2l_back = (below.clamp(max=pixels - 1)[:, None] + images * pixels).flatten()
+    dropped = ((below >= pixels).nonzero()[:, 0, None] * batch + images).flatten()
+    orders = _RowOrders(to_scan, from_scan, r2l_below, r2l_back, dropped)
+    return _RowOrders(*(t.to(device) for t in orders))
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_orders(height: int, width: int) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+    """Diagonal orders of the image and of its width-flip ``(2, H*W)``, their inverses, sizes."""
+    order, sizes, _, _ = diagonal_order(height, width)
+    flipped = (order // width) * width + (width - 1 - order % width)  # same pixel, flipped
+    index = torch.stack([order, flipped])  # (2, H*W)
+    return index, torch.argsort(index, dim=1), sizes
+
+
+class _Combine(torch.autograd.Function):
+    """Both directions' hidden states ``(2, H*W*B, h)`` (scan rows) -> ``(B*H*W, h)``
+    (raster rows): the left-to-right map plus the right-to-left map moved down
+    :data:`R2L_SHIFT` rows (zero rows on top).
+
+    Each term is one row gather; the backward gathers with the inverse indices (a
+    permutation's backward is a gather, not autograd's accumulating scatter).
+    """
+
+    @staticmethod
+    def forward(ctx, hs: Tensor, orders: _RowOrders, batch: int) -> Tensor:
+        hidden = hs.shape[2]
+        out = hs[0].index_select(0, orders.from_scan[0])  # (B*H*W, h)
+        below = hs[1].index_select(0, orders.r2l_below).view(batch, -1, hidden)
+        first = out.shape[0] // batch - below.shape[1]  # s*W: the first pixel it reaches
+        out.view(batch, -1, hidden)[:, first:] += below
+        ctx.orders = orders
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        orders = ctx.orders
+        grad = grad.contiguous()
+        grad_hs = grad.new_empty(2, *grad.shape)
+        torch.index_select(grad, 0, orders.to_scan[0], out=grad_hs[0])
+        torch.index_select(grad, 0, orders.r2l_back, out=grad_hs[1])
+        grad_hs[1].index_fill_(0, orders.r2l_dropped, 0)
+        return grad_hs, None, None
 
 
 class DiagonalLSTM(nn.Module):
@@ -173,8 +252,7 @@ class DiagonalBiLSTM(nn.Module):
     the generator's ``kernel`` setting does not apply to this layer.
 
     Sub-modules and methods for a step-wise sampler: ``l2r`` and ``r2l``
-    (:class:`DiagonalLSTM`; ``r2l`` runs on width-flipped maps),
-    ``combine(h_l2r, h_r2l)`` and ``output(x, h)``.
+    (:class:`DiagonalLSTM`; ``r2l`` runs on width-flipped maps) and ``output(x, h)``.
     ``cond_width`` (``8h``) is the width of the conditioning bias.
 
     Example:
@@ -204,10 +282,6 @@ class DiagonalBiLSTM(nn.Module):
         a, b = cond.chunk(2, dim=1)  # each (B, 4h, ...)
         return a, b
 
-    def combine(self, h_l2r: Tensor, h_r2l: Tensor) -> Tensor:
-        """``h_l2r + shift_down(h_r2l)``, ``(B, h, H, W)``: no pixel sees its own row's future."""
-        return h_l2r + shift_down(h_r2l)
-
     def output(self, x: Tensor, h: Tensor) -> Tensor:
         """Residual output: ``x + out(dropout(h))``, ``(B, F, H, W)``."""
         return x + self.out(self.drop(h))
@@ -215,34 +289,24 @@ class DiagonalBiLSTM(nn.Module):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``(B, F, H, W) -> (B, F, H, W)``; ``cond`` broadcastable to ``(B, 8h, H, W)``."""
         b, features, height, width = x.shape
-        index, inverse, sizes = self._orders(height, width, x.device)
-        # Pixels first, channels last, in each direction's diagonal order (the
-        # right-to-left direction's diagonals are those of the width-flipped image).
-        # Input-to-state, a masked 1x1 convolution = one matmul, with both biases.
+        orders = _row_orders(height, width, b, R2L_SHIFT, x.device)
+        # Input-to-state, a masked 1x1 convolution = one matmul per direction, with
+        # both biases, on the input's rows in that direction's diagonal order.
         weight = torch.stack([lstm.i2s_matrix() for lstm in (self.l2r, self.r2l)])
         bias = torch.stack([lstm.i2s.bias + lstm.s2s.bias for lstm in (self.l2r, self.r2l)])
-        pixels = x.flatten(2).permute(2, 0, 1)  # (H*W, B, F), raster order
-        gates = _InputToState.apply(pixels, weight, index, inverse).add_(bias[:, None])
-        gates = gates.view(2, height * width, b, -1)  # (2, H*W, B, 4h)
+        rows = x.permute(0, 2, 3, 1).reshape(-1, features)  # (B*H*W, F), a view if channels last
+        gates = _InputToState.apply(rows, weight, orders.to_scan, orders.from_scan)
+        gates = gates.add_(bias[:, None]).view(2, height * width, b, -1)  # (2, H*W, B, 4h)
+        index, inverse, sizes = _pixel_orders(height, width)
         if cond is not None:
+            index, inverse = index.to(x.device), inverse.to(x.device)
             gates = gates + self._cond_by_diagonal(cond, b, index, inverse)
         w_s2s = torch.stack([lstm.s2s.weight for lstm in (self.l2r, self.r2l)])  # (2, 4h, h, 2)
         w_s2s = w_s2s.permute(0, 3, 2, 1).contiguous()  # (2, 2, h, 4h): direction, tap
         hs = diagonal_scan(gates, w_s2s, sizes, height)  # (2, H*W, B, h)
-        hs = _Reorder.apply(hs, inverse, index)  # (2, H*W, B, h), the image's raster order
-        hs = hs.permute(2, 0, 3, 1).view(b, 2, self.hidden, height, width)  # a view
-        h = self.combine(hs[:, 0], hs[:, 1])  # (B, h, H, W)
-        # Channels last, so that the 1x1 output convolution is one GEMM.
-        return self.output(x, h.contiguous(memory_format=torch.channels_last))
-
-    @staticmethod
-    def _orders(height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, tuple]:
-        """Diagonal orders of the image and of its width-flip ``(2, H*W)``, their inverses."""
-        order, sizes, _, _ = diagonal_order(height, width)
-        flipped = (order // width) * width + (width - 1 - order % width)  # same pixel, flipped
-        index = torch.stack([order, flipped])  # (2, H*W)
-        inverse = torch.argsort(index, dim=1)
-        return index.to(device), inverse.to(device), sizes
+        h = _Combine.apply(hs.view(2, -1, self.hidden), orders, b)  # (B*H*W, h)
+        # (B, h, H, W), channels last: the 1x1 output convolution is one GEMM.
+        return self.output(x, h.view(b, height, width, -1).permute(0, 3, 1, 2))
 
     def _cond_by_diagonal(self, cond: Tensor, b: int, index: Tensor, inverse: Tensor) -> Tensor:
         """The ``[l2r | r2l]`` conditioning bias in the gates' layout ``(2, H*W or 1, B, 4h)``."""
@@ -253,4 +317,4 @@ class DiagonalBiLSTM(nn.Module):
         return _Reorder.apply(cond, index, inverse)  # (2, H*W, B, 4h)
 
 
-__all__ = ["DiagonalBiLSTM", "DiagonalLSTM", "diagonal_order", "diagonal_scan", "shift_down"]
+__all__ = ["DiagonalBiLSTM", "DiagonalLSTM", "diagonal_order", "diagonal_scan"]
