@@ -197,17 +197,17 @@ class _Combine(torch.autograd.Function):
         below = hs[1].index_select(0, orders.r2l_below).view(batch, -1, hidden)
         first = out.shape[0] // batch - below.shape[1]  # s*W: the first pixel it reaches
         out.view(batch, -1, hidden)[:, first:] += below
-        ctx.orders = orders
+        ctx.save_for_backward(orders.to_scan[0], orders.r2l_back, orders.r2l_dropped)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        orders = ctx.orders
+        to_l2r, r2l_back, r2l_dropped = ctx.saved_tensors
         grad = grad.contiguous()
         grad_hs = grad.new_empty(2, *grad.shape)
-        torch.index_select(grad, 0, orders.to_scan[0], out=grad_hs[0])
-        torch.index_select(grad, 0, orders.r2l_back, out=grad_hs[1])
-        grad_hs[1].index_fill_(0, orders.r2l_dropped, 0)
+        torch.index_select(grad, 0, to_l2r, out=grad_hs[0])
+        torch.index_select(grad, 0, r2l_back, out=grad_hs[1])
+        grad_hs[1].index_fill_(0, r2l_dropped, 0)
         return grad_hs, None, None
 
 
