@@ -2,7 +2,8 @@
 
 On the CPU: ``bf16-mixed`` trains (autocast on, loss finite and falling); ``16-mixed``
 is refused wherever training would run on the CPU (Lightning would switch to bf16 with
-only a warning); ``train.compile`` reaches the LightningModule, is refused before any
+only a warning); Dynamo traces every arch's loss to the eager loss and gradients;
+``train.compile`` reaches the LightningModule, is refused before any
 run opens when inductor has no compiler, and (slow: inductor compiles for minutes on
 2 cores) trains with a falling loss into checkpoints an uncompiled ``PixelRNN`` loads
 with the compiled model's figures. The CUDA tests skip without a GPU;
@@ -78,6 +79,33 @@ def assert_trains(losses: list[float], steps: int = STEPS) -> None:
     assert all(math.isfinite(loss) for loss in losses), losses
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.98 * first, losses
+
+
+# The Diagonal BiLSTM's scan writes into strided ``out=`` views, which Dynamo does not
+# trace: it runs eagerly between two graphs (a graph break, not an error).
+@pytest.mark.parametrize(
+    "arch, fullgraph", [("row_lstm", True), ("pixelcnn", True), ("diagonal_bilstm", False)]
+)
+def test_compiled_graph_gives_eager_loss_and_gradients(arch, fullgraph):
+    """Dynamo traces the loss, the hand-written autograd functions included, to the eager
+    loss and gradients; ``fullgraph``: in one graph (a graph break would raise). The
+    ``aot_eager`` backend runs the traced graphs without a compiler; inductor's own
+    code generation is the slow test below."""
+    torch.manual_seed(0)
+    config = GeneratorConfig(arch=arch, levels=17, hidden=6, layers=2, head_hidden=8)
+    model = PixelRNN(config)
+    x = torch.from_numpy(load_digits().images[:4]).long().unsqueeze(1)  # (4, 1, 8, 8)
+    loss = model.nll(x).mean()
+    want = torch.autograd.grad(loss, list(model.parameters()))
+    torch._dynamo.reset()
+    nll = torch.compile(
+        lambda images: model.nll(images).mean(), backend="aot_eager", fullgraph=fullgraph
+    )
+    compiled_loss = nll(x)
+    got = torch.autograd.grad(compiled_loss, list(model.parameters()))
+    torch.testing.assert_close(compiled_loss, loss)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
